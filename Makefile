@@ -1,0 +1,56 @@
+# recseg: `make demo` runs the main job on embedded data, `make test` runs the test suite.
+# Both create .venv (Python 3.11) and install the pinned versions in constraints.txt first.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.recseg-installed
+PIP_FLAGS ?= --progress-bar off --disable-pip-version-check
+
+export MLFLOW_DISABLE_TELEMETRY := true
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help install test lint format demo mlproject lock clean
+
+help:
+	@echo "make demo       install, then run the demo (models, a forward/backward check, streaming)"
+	@echo "make test       install, then lint (ruff) and run the test suite (pytest)"
+	@echo "make lint       ruff check + format check"
+	@echo "make mlproject  regenerate MLproject from the typed configs"
+	@echo "make lock       regenerate constraints.txt from the current .venv"
+
+$(STAMP): pyproject.toml constraints.txt
+	bash scripts/bootstrap-venv.sh "$(PYTHON)" "$(VENV)"
+	$(BIN)/python -m pip install $(PIP_FLAGS) -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/recseg models --details
+	$(BIN)/recseg describe --model Deep+_mobile --size 270x512 --seq-len 4
+	$(BIN)/recseg describe --model Deep_mobile_gruV3 --size 270x512 --seq-len 4
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+mlproject: $(STAMP)
+	$(BIN)/python -m recseg.mlproject
+
+lock: $(STAMP)
+	{ echo "# Exact versions every machine installs (make install / make test use: pip install -c constraints.txt)."; \
+	  echo "# Regenerate with: make lock"; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^recseg'; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""MLproject entry points: thin click commands with MLproject-style options, no logic."""

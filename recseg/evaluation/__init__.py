@@ -1,0 +1,1 @@
+"""Evaluation utilities: split-level segmentation and temporal-consistency metrics."""

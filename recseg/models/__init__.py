@@ -1,0 +1,21 @@
+"""The recurrent DeepLabV3+ model family."""
+
+from recseg.models.deeplab import ModelOptions, ModelSpec, RecurrentDeepLab, count_parameters
+from recseg.models.registry import build_model, model_names, model_spec, readable_name
+from recseg.models.state import detach_state, reset_state, select_state, stack_states, state_to
+
+__all__ = [
+    "ModelOptions",
+    "ModelSpec",
+    "RecurrentDeepLab",
+    "build_model",
+    "count_parameters",
+    "detach_state",
+    "model_names",
+    "model_spec",
+    "readable_name",
+    "reset_state",
+    "select_state",
+    "stack_states",
+    "state_to",
+]

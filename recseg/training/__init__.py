@@ -1,0 +1,1 @@
+"""Training utilities: losses for 2-class (background/person) segmentation."""

@@ -1,0 +1,1 @@
+"""recseg test suite."""
