@@ -86,7 +86,9 @@ def test_bad_pretrained_files_give_one_line(tmp_path: Path, content: str) -> Non
     elif content == "garbage":
         path.write_bytes(b"not a checkpoint")
     elif content == "pickle":
-        path.write_bytes(pickle.dumps(Path("/etc/passwd")))  # an arbitrary object: refused
+        path.write_bytes(
+            pickle.dumps(Path("/etc/passwd"), protocol=2)
+        )  # an arbitrary object: refused
     with pytest.raises(InputError) as err:
         build_model("Deep+_mobile", pretrained=str(path))
     assert str(path) in str(err.value) and "\n" not in str(err.value)

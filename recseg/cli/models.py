@@ -15,14 +15,18 @@ from recseg.models.summary import DescribeConfig, describe
 @click.option("--details", is_flag=True, help="Also show backbone, cell, position and alias.")
 def models_cmd(details: bool) -> None:
     """Every model name accepted by --model, one per line (the thesis's names first)."""
+    width = max(map(len, MODELS)) + 2
+    row = "{:<" + str(width) + "}{:<20}{:<6}{:<9}{:<6}{}"
+    if details:
+        click.echo(row.format("name", "backbone", "cell", "position", "input", "recseg name"))
     for name, spec in MODELS.items():
         if not details:
             click.echo(name)
             continue
         alias = readable_name(spec) if name in SEED_MODELS else "-"
         prev = "prev" if spec.store_previous else "-"
-        cols = (name, spec.backbone, spec.cell or "-", spec.position or "-", prev, alias)
-        click.echo("{:<26} {:<19} {:<5} {:<8} {:<5} {}".format(*cols))
+        cols = (spec.backbone, spec.cell or "-", spec.position or "-", prev, alias)
+        click.echo(row.format(name, *cols))
 
 
 def print_report(report: dict) -> None:

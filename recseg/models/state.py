@@ -46,12 +46,15 @@ def state_to(
 def reset_state(
     state: Mapping[str, torch.Tensor] | None, reset: torch.Tensor | None
 ) -> State | None:
-    """Zero the state of the samples where ``reset`` (a ``(B,)`` bool tensor) is True."""
+    """Zero the state of the samples where ``reset`` (``(B,)`` bools) is True."""
     if state is None or reset is None:
         return None if state is None else dict(state)
     out: State = {}
     for k, v in state.items():
-        mask = reset.to(device=v.device, dtype=torch.bool).view(-1, *([1] * (v.dim() - 1)))
+        mask = torch.as_tensor(reset, device=v.device).to(torch.bool)
+        if mask.shape != (v.shape[0],):
+            raise ValueError(f"reset must have shape ({v.shape[0]},), got {tuple(mask.shape)}")
+        mask = mask.view(-1, *([1] * (v.dim() - 1)))
         out[k] = torch.where(mask, torch.zeros((), dtype=v.dtype, device=v.device), v)
     return out
 
