@@ -248,3 +248,19 @@ def test_state_shape_mismatch_is_explained() -> None:
 def test_bad_frames_shape() -> None:
     with pytest.raises(ValueError, match="3 channels"):
         build_model("Deep+_mobile")(torch.rand(1, 1, 40, 56))
+
+
+@pytest.mark.parametrize("name", list(READABLE_MODELS))
+def test_every_readable_name_runs_a_small_clip(name: str) -> None:
+    model = build_model(name, output_stride=16).eval()
+    with torch.inference_mode():
+        logits, state = model(torch.rand(2, 2, 3, 33, 47))
+    assert logits.shape == (2, 2, 2, 33, 47)
+    assert (state is not None) == model_spec(name).recurrent
+
+
+def test_describe_names_the_architecture_for_tags() -> None:
+    info = build_model("Deep_resnet50_gruV6", output_stride=16).describe()
+    assert info["backbone"] == "resnet50" and info["cell"] == "gru"
+    assert info["position"] == "branch" and info["store_previous"] is True
+    assert info["output_stride"] == 16 and info["pretrained"] is None
