@@ -144,10 +144,17 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def size_check(text: str) -> str | None:
-    """A check for ``HxW`` fields."""
-    try:
-        parse_size(text)
-    except InputError as exc:
-        return str(exc)
-    return None
+def accepts(parse: Callable[[Any], object]) -> Check:
+    """A check from a function that raises ``InputError`` for values it does not accept."""
+
+    def check(value: Any) -> str | None:
+        try:
+            parse(value)
+        except InputError as exc:
+            return str(exc)
+        return None
+
+    return check
+
+
+size_check = accepts(parse_size)

@@ -49,13 +49,14 @@ def reset_state(
     """Zero the state of the samples where ``reset`` (``(B,)`` bools) is True."""
     if state is None or reset is None:
         return None if state is None else dict(state)
+    first = next(iter(state.values()))
+    mask = torch.as_tensor(reset, device=first.device).to(torch.bool)
+    if mask.shape != (first.shape[0],):
+        raise ValueError(f"reset must have shape ({first.shape[0]},), got {tuple(mask.shape)}")
     out: State = {}
     for k, v in state.items():
-        mask = torch.as_tensor(reset, device=v.device).to(torch.bool)
-        if mask.shape != (v.shape[0],):
-            raise ValueError(f"reset must have shape ({v.shape[0]},), got {tuple(mask.shape)}")
-        mask = mask.view(-1, *([1] * (v.dim() - 1)))
-        out[k] = torch.where(mask, torch.zeros((), dtype=v.dtype, device=v.device), v)
+        keep = mask.to(v.device).view(-1, *([1] * (v.dim() - 1)))
+        out[k] = torch.where(keep, torch.zeros((), dtype=v.dtype, device=v.device), v)
     return out
 
 

@@ -7,26 +7,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from recseg.config import at_least, one_of, option, parse_size, size_check
+from recseg.config import accepts, at_least, one_of, option, parse_size, size_check
 from recseg.models.deeplab import count_parameters
-from recseg.models.registry import build_model, model_names, model_spec, readable_name
-from recseg.training.losses import build_loss, loss_names
-
-
-def _model_check(name: str) -> str | None:
-    return (
-        None
-        if name in model_names()
-        else f"unknown model '{name}'; valid models: {', '.join(model_names())}"
-    )
-
-
-def _loss_check(name: str) -> str | None:
-    return (
-        None
-        if name in loss_names()
-        else f"unknown loss '{name}'; valid losses: {', '.join(loss_names())}"
-    )
+from recseg.models.registry import build_model, model_spec, readable_name
+from recseg.models.state import State
+from recseg.training.losses import build_loss
 
 
 @dataclass(frozen=True)
@@ -34,10 +19,11 @@ class DescribeConfig:
     """Options of ``recseg describe``."""
 
     model: str = field(
-        metadata=option("Model name (`recseg models` lists them).", check=_model_check)
+        metadata=option("Model name (`recseg models` lists them).", check=accepts(model_spec))
     )
     loss: str = field(
-        default="CrossDice", metadata=option("Loss for the backward pass.", check=_loss_check)
+        default="CrossDice",
+        metadata=option("Loss for the backward pass.", check=accepts(build_loss)),
     )
     size: str = field(default="270x512", metadata=option("Frame size HxW.", check=size_check))
     seq_len: int = field(default=4, metadata=option("Frames per clip (T).", check=at_least(1)))
@@ -61,7 +47,7 @@ def _backward(
     loss: torch.nn.Module,
     target: torch.Tensor,
     last_only: bool,
-) -> tuple[torch.Tensor, dict | None, float]:
+) -> tuple[torch.Tensor, State | None, float]:
     """One forward and backward pass; returns logits, state and the loss value."""
     frames.grad = None
     logits, state = model(frames)
