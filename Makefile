@@ -22,6 +22,7 @@ help:
 
 $(STAMP): pyproject.toml constraints.txt
 	bash scripts/bootstrap-venv.sh "$(PYTHON)" "$(VENV)"
+	bash scripts/system-packages.sh
 	$(BIN)/python -m pip install $(PIP_FLAGS) -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 

@@ -7,10 +7,12 @@ from pathlib import Path
 import yaml
 
 from recseg.config import mlproject_command, mlproject_parameters
+from recseg.data.preprocess import PreprocessConfig
 from recseg.models.summary import DescribeConfig
 
 # entry point name -> (module run with ``python -m``, config class)
 ENTRY_POINTS: dict[str, tuple[str, type]] = {
+    "preprocess": ("entrypoints.preprocess", PreprocessConfig),
     "describe": ("entrypoints.describe", DescribeConfig),
 }
 

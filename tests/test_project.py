@@ -40,7 +40,7 @@ def test_mlproject_parameters_match_cli_options() -> None:
 
 
 def test_entry_point_scripts_exist_and_answer_help() -> None:
-    for module, _cls in mlproject.ENTRY_POINTS.values():
+    for module, cls in mlproject.ENTRY_POINTS.values():
         result = subprocess.run(
             [sys.executable, "-m", module, "--help"],
             cwd=ROOT,
@@ -49,7 +49,8 @@ def test_entry_point_scripts_exist_and_answer_help() -> None:
             timeout=120,
         )
         assert result.returncode == 0, result.stderr
-        assert "--model" in result.stdout
+        for f, _ in config.fields(cls):
+            assert config.flag(f.name) in result.stdout, (module, f.name)
 
 
 def test_conda_env_pins_the_same_versions_as_constraints() -> None:

@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
 import click
 
-from recseg.cli.models import describe_cmd, models_cmd
 from recseg.errors import EXIT_USAGE, InputError
 
+# sub-command -> "module:attribute", imported only when that command runs (or for --help),
+# so `recseg preprocess` does not pay for importing the models.
+COMMANDS = {
+    "models": "recseg.cli.models:models_cmd",
+    "describe": "recseg.cli.models:describe_cmd",
+    "footage": "recseg.cli.footage:footage_cmd",
+    "preprocess": "recseg.cli.preprocess:preprocess_cmd",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class LazyGroup(click.Group):
+    """A click group whose sub-commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in COMMANDS:
+            module, attr = COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="recseg")
 def cli() -> None:
     """recseg: MLflow-tracked experiments for video segmentation with recurrent DeepLabV3+.
@@ -19,10 +44,6 @@ def cli() -> None:
     Exit codes: 0 done; 2 bad usage or input (one line on stderr); 99 training stopped on
     request after a checkpoint (requeue); anything else a failure the user did not cause.
     """
-
-
-cli.add_command(models_cmd)
-cli.add_command(describe_cmd)
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> None:

@@ -1,0 +1,1 @@
+"""Data: footage, chroma key, preprocessing, clip store and temporal loader."""

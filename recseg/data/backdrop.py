@@ -1,0 +1,104 @@
+"""Moving backgrounds: a slow pan and zoom over a still photo, drawn per clip.
+
+The seed pasted one static, noisy background per clip; a camera that moves over the backdrop
+gives the model background motion to cope with, as in real footage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from recseg.errors import InputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def list_images(folder: str | Path, flag: str = "--backgrounds") -> list[Path]:
+    """The image files of ``folder`` (sorted; recursive); ``InputError`` if none or unreadable."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{flag} {folder}: not a folder")
+    try:
+        files = sorted(
+            p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
+    except OSError as exc:
+        raise InputError(f"{flag} {folder}: cannot be read ({exc.strerror or exc})") from None
+    if not files:
+        raise InputError(
+            f"{flag} {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found in the folder"
+        )
+    return files
+
+
+def load_image(path: Path, flag: str = "--backgrounds") -> np.ndarray:
+    """An image as RGB uint8; ``InputError`` naming the file if it does not decode."""
+    data = np.fromfile(str(path), np.uint8) if path.is_file() else None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
+    if image is None or image.shape[0] < 8 or image.shape[1] < 8:
+        raise InputError(f"{flag}: {path} is not a readable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def fit_background(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Scale ``image`` so the largest window of ``size``'s aspect in it is exactly ``size``:
+    later zooms then only enlarge, and nothing aliases."""
+    th, tw = size
+    ih, iw = image.shape[:2]
+    factor = min(iw / tw, ih / th)
+    new = (max(tw, round(iw / factor)), max(th, round(ih / factor)))
+    interp = cv2.INTER_AREA if factor > 1 else cv2.INTER_CUBIC
+    return cv2.resize(image, new, interpolation=interp)
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraPath:
+    """A linear move of a crop window over the background: centre and zoom, start to end."""
+
+    start: tuple[float, float, float]  # (cx, cy, zoom) in [0, 1] x [0, 1] x [1, inf)
+    end: tuple[float, float, float]
+    flip: bool
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, max_zoom: float = 1.4) -> CameraPath:
+        """A random path: zoom 1..max_zoom, pan anywhere the window stays inside the image."""
+
+        def point() -> tuple[float, float, float]:
+            zoom = float(rng.uniform(1.0, max_zoom))
+            return float(rng.uniform(0, 1)), float(rng.uniform(0, 1)), zoom
+
+        return cls(point(), point(), bool(rng.random() < 0.5))
+
+
+def render_background(
+    image: np.ndarray, size: tuple[int, int], path: CameraPath, n_frames: int
+) -> np.ndarray:
+    """``n_frames`` RGB uint8 frames of ``size`` (H, W) along ``path`` over ``image``."""
+    th, tw = size
+    ih, iw = image.shape[:2]
+    if path.flip:
+        image = cv2.flip(image, 1)
+    # the largest window of the output's aspect that fits, at zoom 1
+    base = min(iw / tw, ih / th)
+    out = np.empty((n_frames, th, tw, 3), np.uint8)
+    for k in range(n_frames):
+        u = k / max(n_frames - 1, 1)
+        cx, cy, zoom = (a + (b - a) * u for a, b in zip(path.start, path.end, strict=True))
+        scale = base / zoom  # source pixels per output pixel
+        half_w, half_h = tw * scale / 2, th * scale / 2
+        x = half_w + cx * (iw - 2 * half_w)
+        y = half_h + cy * (ih - 2 * half_h)
+        m = np.array([[scale, 0, x - half_w], [0, scale, y - half_h]], np.float64)
+        cv2.warpAffine(
+            image,
+            m,
+            (tw, th),
+            dst=out[k],
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REFLECT_101,
+        )
+    return out

@@ -1,0 +1,404 @@
+"""The temporal loader: ``B`` lanes, each streaming consecutive windows of one clip.
+
+A batch holds one window of ``T`` consecutive frames per lane. Lane ``b`` plays a clip window
+after window, so a recurrent model's state for lane ``b`` may be carried (detached) from one
+batch to the next; ``reset[b]`` is True exactly on a clip's first window, and the model zeroes
+that lane's state before it. When a lane's clip ends, the lane that frees first takes the next
+clip of the epoch's order (training: shuffled from ``(seed, epoch)``; evaluation: store order).
+
+* Training: windows tile a clip from frame 0 in steps of ``T``; a tail shorter than ``T`` is
+  dropped and a clip shorter than ``T`` is skipped. The epoch ends at the first step where a
+  lane needs a clip and none is left (the other lanes' unfinished clips are dropped).
+  Each clip gets one set of augmentation parameters per epoch (``recseg.data.augment``).
+* Evaluation (``train=False``): every frame is covered exactly once; a clip's last window and
+  lanes with nothing left are padded (zero frames, label ``IGNORE``, ``valid`` False).
+
+``TemporalLoader`` is the entry point (``make_loader`` builds one). Iterating it yields the
+rest of the current epoch and then advances ``epoch`` by itself: a plain
+``for epoch ...: for batch in loader: ...`` loop needs no ``set_epoch`` call, and after
+``load_state_dict`` the first loop finishes the saved epoch. Batches depend only on
+``(seed, epoch, step)``, not on ``num_workers``, and no global random state is used.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import heapq
+import multiprocessing
+import numbers
+from collections.abc import Iterator, Sequence
+from multiprocessing.context import BaseContext
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from recseg.data import augment as aug
+from recseg.data.store import ClipFile, ClipRecord, ClipStore
+from recseg.errors import InputError
+
+IGNORE = 255  # label of padded frames
+_ORDER, _AUGMENT = 0, 1  # stream tags for the seed derivation
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """One lane's part of a step: frames ``[start, start + length)`` of clip ``clip``.
+
+    ``clip`` indexes the split's clips in store order (-1: padding, nothing left for the lane);
+    ``length`` < ``seq_len`` only for an evaluation clip's last window."""
+
+    clip: int
+    start: int
+    length: int
+    reset: bool
+    augment: aug.AugmentParams | None = None
+
+
+Plan = tuple[Window, ...]
+PAD = Window(clip=-1, start=0, length=0, reset=True)
+
+
+def clip_windows(frames: int, seq_len: int, train: bool) -> list[tuple[int, int]]:
+    """``(start, real frames)`` of each window of a clip with ``frames`` frames."""
+    if train:
+        return [(s, seq_len) for s in range(0, frames - seq_len + 1, seq_len)]
+    return [(s, min(seq_len, frames - s)) for s in range(0, frames, seq_len)]
+
+
+def _rng(seed: int, *words: int) -> np.random.Generator:
+    """An independent generator for ``(seed, *words)``."""
+    return np.random.default_rng([seed & 0xFFFF_FFFF_FFFF_FFFF, *words])
+
+
+def _greedy(
+    order: Sequence[int], steps: Sequence[int], lanes: int
+) -> tuple[list[list[tuple[int, int]]], list[int]]:
+    """Give each clip of ``order`` to the lane that frees first (ties: lowest lane).
+
+    Returns per lane the ``(clip, first step)`` it plays and the step at which it frees."""
+    heap = [(0, b) for b in range(lanes)]
+    schedule: list[list[tuple[int, int]]] = [[] for _ in range(lanes)]
+    for clip in order:
+        t, b = heapq.heappop(heap)
+        schedule[b].append((clip, t))
+        heapq.heappush(heap, (t + steps[clip], b))
+    ends = [0] * lanes
+    for t, b in heap:
+        ends[b] = t
+    return schedule, ends
+
+
+class LaneSampler:
+    """Builds each epoch's list of plans (one ``Plan`` of ``batch_size`` windows per step).
+
+    ``lengths``: frames per clip, in store order; ``size``: ``(H, W)`` for augmentation."""
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        seq_len: int,
+        *,
+        seed: int = 0,
+        train: bool = True,
+        augment: bool | None = None,
+        size: tuple[int, int],
+    ):
+        self.lengths = [int(n) for n in lengths]
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.seed = seed
+        self.train = train
+        self.augment = train if augment is None else bool(augment)
+        self.size = size
+        self.windows = [clip_windows(n, seq_len, train) for n in self.lengths]
+        self._cache: tuple[tuple[int, int], list[Plan]] | None = None
+
+    @property
+    def usable(self) -> list[int]:
+        """Clips with at least one window."""
+        return [c for c, w in enumerate(self.windows) if w]
+
+    def order(self, epoch: int) -> list[int]:
+        """The clips in the order lanes take them in ``epoch``."""
+        usable = self.usable
+        if not self.train:
+            return usable
+        perm = _rng(self.seed, epoch, _ORDER).permutation(len(usable))
+        return [usable[i] for i in perm]
+
+    def params(self, epoch: int, clip: int) -> aug.AugmentParams | None:
+        """Clip ``clip``'s augmentation in ``epoch`` (``None`` without augmentation)."""
+        if not self.augment:
+            return None
+        return aug.sample_params(_rng(self.seed, epoch, _AUGMENT, clip), self.size)
+
+    def plans(self, epoch: int) -> list[Plan]:
+        """Every step of ``epoch`` (cached for the last epoch asked)."""
+        key = (self.seed, epoch)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._build(epoch))
+        return self._cache[1]
+
+    def _build(self, epoch: int) -> list[Plan]:
+        counts = [len(w) for w in self.windows]
+        schedule, ends = _greedy(self.order(epoch), counts, self.batch_size)
+        steps = min(ends) if self.train else max(ends)
+        grid = [[PAD] * self.batch_size for _ in range(steps)]
+        for lane, clips in enumerate(schedule):
+            for clip, first in clips:
+                params = self.params(epoch, clip)
+                for k, (start, length) in enumerate(self.windows[clip][: max(0, steps - first)]):
+                    grid[first + k][lane] = Window(clip, start, length, k == 0, params)
+        return [tuple(row) for row in grid]
+
+
+class WindowDataset(Dataset[dict[str, Any]]):
+    """Reads a ``Plan`` into a batch; keeps the last few clip files open (per worker)."""
+
+    def __init__(
+        self,
+        store: ClipStore,
+        records: Sequence[ClipRecord],
+        seq_len: int,
+        cache_clips: int = 4,
+    ):
+        self.paths = [store.path(r) for r in records]
+        self.ids = [r.id for r in records]
+        self.size = store.size
+        self.seq_len = seq_len
+        self.cache_clips = max(1, cache_clips)
+        self._open: collections.OrderedDict[int, ClipFile] = collections.OrderedDict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_open"] = collections.OrderedDict()
+        return state
+
+    def _clip(self, index: int) -> ClipFile:
+        clip = self._open.get(index)
+        if clip is None:
+            clip = ClipFile(self.paths[index])
+            if tuple(clip.shape[1:]) != self.size:
+                raise InputError(
+                    f"{clip.path}: frames are {clip.shape[1:]}, the store says {self.size}"
+                )
+            self._open[index] = clip
+            while len(self._open) > self.cache_clips:
+                self._open.popitem(last=False)
+        self._open.move_to_end(index)
+        return clip
+
+    def _read(self, win: Window) -> tuple[np.ndarray, np.ndarray]:
+        clip = self._clip(win.clip)
+        stop = win.start + win.length
+        frames, labels = clip.frames(win.start, stop), clip.labels(win.start, stop)
+        if len(frames) != win.length:
+            raise InputError(f"{clip.path}: has {len(clip)} frames, fewer than the store says")
+        return aug.apply(frames, labels, win.augment)
+
+    def __getitem__(self, plan: Plan) -> dict[str, Any]:
+        b, t, (h, w) = len(plan), self.seq_len, self.size
+        frames = np.zeros((b, t, h, w, 3), np.uint8)
+        labels = np.full((b, t, h, w), IGNORE, np.uint8)
+        valid = np.zeros((b, t), bool)
+        for i, win in enumerate(plan):
+            if win.length:
+                frames[i, : win.length], labels[i, : win.length] = self._read(win)
+                valid[i, : win.length] = True
+        x = torch.empty((b, t, 3, h, w), dtype=torch.float32)
+        x.copy_(torch.from_numpy(frames).permute(0, 1, 4, 2, 3)).div_(255.0)
+        return {
+            "frames": x,
+            "labels": torch.from_numpy(labels).long(),
+            "reset": torch.tensor([win.reset for win in plan], dtype=torch.bool),
+            "valid": torch.from_numpy(valid),
+            "clip": [self.ids[win.clip] if win.clip >= 0 else "" for win in plan],
+            "index": torch.tensor([win.clip for win in plan], dtype=torch.int64),
+            "start": torch.tensor([win.start for win in plan], dtype=torch.int64),
+        }
+
+
+def _init_worker(_: int) -> None:
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def _worker_context() -> BaseContext:
+    """Where workers start: a forkserver that preloads torch, cv2 and this module (a plain fork
+    of a process whose OpenCV thread pool has run can hang in the child); else spawn."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["__main__", "torch", "cv2", __name__])
+    return ctx
+
+
+class TemporalLoader:
+    """Batches of ``batch_size`` lanes x ``seq_len`` frames from one split of a clip store.
+
+    Iterating yields the current epoch from the saved ``step`` on, then advances ``epoch`` and
+    resets ``step`` (see the module doc). ``len()`` is the number of steps of the current
+    epoch. ``state_dict()`` / ``load_state_dict()`` save and restore the position; ``step``
+    counts batches already handed to the caller. One iteration at a time."""
+
+    def __init__(
+        self,
+        store: ClipStore | str | Path,
+        split: str,
+        *,
+        batch_size: int,
+        seq_len: int,
+        seed: int = 0,
+        train: bool = True,
+        num_workers: int = 0,
+        augment: bool | None = None,
+        pin_memory: bool | None = None,
+    ):
+        _check_positive("--batch-size", batch_size)
+        _check_positive("--seq-len", seq_len)
+        if not isinstance(num_workers, numbers.Integral) or num_workers < 0:
+            raise InputError(f"--num-workers must be 0 or more, got {num_workers!r}")
+        self.store = store if isinstance(store, ClipStore) else ClipStore(store)
+        self.split = split
+        records = self.store.clips(split)
+        self.sampler = LaneSampler(
+            [r.frames for r in records],
+            batch_size,
+            seq_len,
+            seed=int(seed),
+            train=train,
+            augment=augment,
+            size=self.store.size,
+        )
+        self._check_clips(records)
+        self.dataset = WindowDataset(self.store, records, seq_len, cache_clips=batch_size + 2)
+        self.num_workers = int(num_workers)
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.epoch = 0
+        self.step = 0
+
+    def _check_clips(self, records: Sequence[ClipRecord]) -> None:
+        where = f"--data {self.store.root}: split {self.split!r}"
+        if not records:
+            raise InputError(f"{where} has no clips")
+        s = self.sampler
+        if s.train and len(s.usable) < s.batch_size:
+            raise InputError(
+                f"{where} has {len(s.usable)} clips of at least --seq-len {s.seq_len} "
+                f"frames, fewer than --batch-size {s.batch_size}"
+            )
+        if not s.usable:
+            raise InputError(f"{where} has only empty clips")
+
+    @property
+    def seed(self) -> int:
+        return self.sampler.seed
+
+    @property
+    def batch_size(self) -> int:
+        return self.sampler.batch_size
+
+    @property
+    def seq_len(self) -> int:
+        return self.sampler.seq_len
+
+    @property
+    def train(self) -> bool:
+        return self.sampler.train
+
+    def __len__(self) -> int:
+        return len(self.sampler.plans(self.epoch))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its first step at the next iteration."""
+        self.epoch, self.step = int(epoch), 0
+
+    def _dataloader(self, plans: list[Plan]) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(
+            self.dataset,
+            sampler=plans,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=False,
+            worker_init_fn=_init_worker if workers else None,
+            multiprocessing_context=_worker_context() if workers else None,
+            generator=torch.Generator().manual_seed(0),  # keeps torch's global RNG untouched
+        )
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        remaining = self.sampler.plans(self.epoch)[self.step :]
+        if remaining:
+            for batch in self._dataloader(remaining):
+                self.step += 1
+                yield batch
+        self.epoch, self.step = self.epoch + 1, 0
+
+    def _identity(self) -> dict[str, Any]:
+        s = self.sampler
+        return {
+            "split": self.split,
+            "train": s.train,
+            "augment": s.augment,
+            "batch_size": s.batch_size,
+            "seq_len": s.seq_len,
+            "clips": len(s.lengths),
+            "frames": sum(s.lengths),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """``seed``, ``epoch``, ``step`` (batches already yielded this epoch) and the settings
+        that must match on load (``split``, ``train``, ``augment``, ``batch_size``,
+        ``seq_len``, ``clips``, ``frames``). Saved after an epoch's last batch, ``step`` equals
+        ``len(self)``: the resumed loader's next iteration yields nothing, then advances."""
+        return {"seed": self.seed, "epoch": self.epoch, "step": self.step, **self._identity()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly after the last batch the saved loader yielded."""
+        for key, value in self._identity().items():
+            if key in state and state[key] != value:
+                raise InputError(
+                    f"cannot resume the {self.split} loader: it was saved with {key}="
+                    f"{state[key]!r}, now {key}={value!r}"
+                )
+        self.sampler.seed = int(state["seed"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        if not 0 <= self.step <= len(self):
+            raise InputError(f"loader state step {self.step} is outside epoch 0..{len(self)}")
+
+
+def _check_positive(flag: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise InputError(f"{flag} must be a positive integer, got {value!r}")
+
+
+def make_loader(
+    store: ClipStore | str | Path,
+    split: str,
+    *,
+    batch_size: int,
+    seq_len: int,
+    seed: int = 0,
+    train: bool = True,
+    num_workers: int = 0,
+    augment: bool | None = None,
+) -> TemporalLoader:
+    """A :class:`TemporalLoader` over ``split`` of ``store`` (augmentation defaults to
+    ``train``)."""
+    return TemporalLoader(
+        store,
+        split,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        seed=seed,
+        train=train,
+        num_workers=num_workers,
+        augment=augment,
+    )

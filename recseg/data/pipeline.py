@@ -1,0 +1,251 @@
+"""The per-video work of ``recseg preprocess``: decode, key, composite, write clips."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from recseg.config import parse_size
+from recseg.data.backdrop import CameraPath, fit_background, load_image, render_background
+from recseg.data.chroma import Key, composite, key_frame
+from recseg.data.sources import Source
+from recseg.data.store import ClipRecord, atomic_write_json, write_clip
+from recseg.data.video import VideoError, crop_box, decode, fit_size, resampled
+
+
+@dataclasses.dataclass
+class Work:
+    """Everything a video's processing needs besides the video."""
+
+    cfg: Any  # PreprocessConfig
+    root: Path
+    backgrounds_dir: Path
+    backgrounds: dict[str, list[str]]
+    truth_dir: Path | None
+    _cache: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    _truth: tuple[Path, np.ndarray] | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return parse_size(self.cfg.size)
+
+    def truth(self, path: Path) -> np.ndarray:
+        """The true masks (N, H, W) bool of one video (the last one is cached)."""
+        if self._truth is None or self._truth[0] != path:
+            with np.load(path) as data:
+                self._truth = (path, data["masks"])
+        return self._truth[1]
+
+    def background(self, name: str) -> np.ndarray:
+        """A background image fitted to the store size (cached)."""
+        if name not in self._cache:
+            if len(self._cache) > 16:
+                self._cache.clear()
+            image = load_image(self.backgrounds_dir / name)
+            self._cache[name] = fit_background(image, self.size)
+        return self._cache[name]
+
+
+@dataclasses.dataclass
+class Outcome:
+    """Records of all clips (new and resumed) and the counts the run reports."""
+
+    records: list[ClipRecord] = dataclasses.field(default_factory=list)
+    problems: dict[str, str] = dataclasses.field(default_factory=dict)
+    source_seconds: float = 0.0
+    frames_processed: int = 0
+    intersection: int = 0
+    union: int = 0
+    uncertain: float = 0.0  # sum over frames of the share of pixels with 0.05 < alpha < 0.95
+    uncertain_frames: int = 0
+
+    def key_iou(self) -> float | None:
+        """Foreground IoU of the key against the true masks, pooled over all frames."""
+        return self.intersection / self.union if self.union else None
+
+    def key_summary(self) -> dict[str, Any]:
+        return {"fg_iou": self.key_iou(), "intersection": self.intersection, "union": self.union}
+
+    def stats(self) -> dict[str, float]:
+        out = {}
+        if self.uncertain_frames:
+            out["key_soft_edge_fraction"] = self.uncertain / self.uncertain_frames
+        return out
+
+    def add(self, record: ClipRecord, meta: dict[str, Any]) -> None:
+        self.records.append(record)
+        self.intersection += int(meta.get("intersection", 0))
+        self.union += int(meta.get("union", 0))
+
+
+def remove_stale_temp_files(root: Path) -> None:
+    """Delete temp files that a killed run left behind (never a finished file)."""
+    for tmp in root.rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def process_all(
+    work: Work,
+    sources: list[Source],
+    splits: dict[str, str],
+    progress: bool = True,
+    warn: Callable[[str], None] = lambda m: None,
+) -> Outcome:
+    """Process every source (skipping finished ones); problems do not stop other videos."""
+    outcome = Outcome()
+    n_clip = work.cfg.frames_per_clip
+    total = sum(_expected_clips(s, work.cfg) * n_clip for s in sources)
+    with tqdm(total=total, unit="frame", disable=None if progress else True) as bar:
+        for source in sources:
+            bar.set_description(source.name[:24])
+            try:
+                _process_video(work, source, splits[source.name], outcome, bar)
+            except VideoError as exc:
+                outcome.problems[str(source.path)] = str(exc)
+                warn(f"partly skipped {exc}")
+    outcome.records.sort(key=lambda r: (r.split, r.video, r.index))
+    return outcome
+
+
+def _expected_clips(source: Source, cfg: Any) -> int:
+    if not source.info or not source.info.duration:
+        return 0
+    return math.floor(source.info.duration * cfg.fps + 1e-6) // cfg.frames_per_clip
+
+
+def _done_path(work: Work, source: Source) -> Path:
+    return work.root / "done" / f"{source.name}.json"
+
+
+def _process_video(work: Work, source: Source, split: str, outcome: Outcome, bar: tqdm) -> None:
+    done = _done_path(work, source)
+    if done.is_file():
+        for meta in json.loads(done.read_text()):
+            outcome.add(ClipRecord.from_dict(meta["record"]), meta)
+            bar.update(work.cfg.frames_per_clip)
+        return
+    metas = []
+    for index, frames, src_idx in _clips(work, source):
+        path = work.root / "clips" / split / f"{source.name}-{index:03d}.npz"
+        meta = _existing_meta(path)
+        if meta is None:
+            meta = _make_clip(work, source, split, index, frames, src_idx, path, outcome)
+            outcome.source_seconds += len(frames) / work.cfg.fps
+            outcome.frames_processed += len(frames)
+        outcome.add(ClipRecord.from_dict(meta["record"]), meta)
+        metas.append(meta)
+        bar.update(len(src_idx))
+    if not metas:
+        raise VideoError(f"{source.path.name}: no complete clip decoded")
+    atomic_write_json(done, metas)
+
+
+def _clips(work: Work, source: Source) -> Iterator[tuple[int, list[np.ndarray], list[int]]]:
+    """``(clip index, frames, source frame indices)`` of each complete clip."""
+    assert source.info is not None
+    n = work.cfg.frames_per_clip
+    frames: list[np.ndarray] = []
+    src_idx: list[int] = []
+    index = 0
+    box: tuple[int, int, int, int] | None = None
+    for _, src, frame in resampled(decode(source.path), work.cfg.fps, source.info.fps):
+        box = box or crop_box(frame.shape[:2], work.size)
+        frames.append(frame[box[0] : box[1], box[2] : box[3]])
+        src_idx.append(src)
+        if len(frames) == n:
+            yield index, frames, src_idx
+            frames, src_idx, index = [], [], index + 1
+
+
+def _existing_meta(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            return json.loads(data["meta"].tobytes().decode())
+    except (OSError, ValueError, KeyError):
+        path.unlink(missing_ok=True)  # unreadable: made again
+        return None
+
+
+def _make_clip(
+    work: Work,
+    source: Source,
+    split: str,
+    index: int,
+    frames: list[np.ndarray],
+    src_idx: list[int],
+    path: Path,
+    outcome: Outcome,
+) -> dict[str, Any]:
+    """Key and composite one clip, write it, return its meta (record + key counts)."""
+    from recseg.data.preprocess import clip_seed
+
+    rng = clip_seed(work.cfg.seed, source.name, index)
+    choices = work.backgrounds[split]
+    bg_name = choices[int(rng.integers(len(choices)))]
+    camera = CameraPath.draw(rng)
+    bgs = render_background(work.background(bg_name), work.size, camera, len(frames))
+    key: Key = source.key  # type: ignore[assignment]
+    out = np.empty((len(frames), *work.size, 3), np.uint8)
+    labels = np.empty((len(frames), *work.size), np.uint8)
+    for k, frame in enumerate(frames):
+        fg, alpha = key_frame(frame, key, work.size)
+        out[k], labels[k] = composite(fg, alpha, bgs[k])
+        outcome.uncertain += float(((alpha > 0.05) & (alpha < 0.95)).mean())
+        outcome.uncertain_frames += 1
+    inter, union = _truth_counts(work, source, src_idx, labels)
+    h, w = work.size
+    record = ClipRecord(
+        id=path.stem,
+        split=split,
+        video=source.name,
+        index=index,
+        frames=len(frames),
+        height=h,
+        width=w,
+        fps=float(work.cfg.fps),
+        background=bg_name,
+        fg_ratio=float(labels.mean()),
+        path=str(path.relative_to(work.root)),
+        key_iou=(inter / union) if union else None,
+    )
+    meta = {
+        "record": record.to_dict(),
+        "source_frames": [int(i) for i in src_idx],
+        "camera": dataclasses.asdict(camera),
+        "intersection": inter,
+        "union": union,
+    }
+    write_clip(path, out, labels, meta)
+    return meta
+
+
+def _truth_counts(
+    work: Work, source: Source, src_idx: list[int], labels: np.ndarray
+) -> tuple[int, int]:
+    """Intersection and union of keyed labels with the true masks, if the truth is there."""
+    if work.truth_dir is None:
+        return 0, 0
+    path = work.truth_dir / f"{source.path.stem}.npz"
+    if not path.is_file():
+        return 0, 0
+    masks = work.truth(path)
+    inter = union = 0
+    for k, i in enumerate(src_idx):
+        if i >= len(masks):
+            continue
+        true = fit_size(masks[i].astype(np.uint8) * 255, work.size, cv2.INTER_AREA) >= 128
+        pred = labels[k].astype(bool)
+        inter += int(np.count_nonzero(true & pred))
+        union += int(np.count_nonzero(true | pred))
+    return inter, union

@@ -1,0 +1,249 @@
+"""``recseg preprocess``: greenscreen videos -> keyed, composited clips in a clip store.
+
+Per video: decode with PyAV, resample to ``--fps``, cut into clips of ``--clip-seconds``
+(a tail shorter than a clip is dropped), crop/resize to ``--size``, key each frame (soft alpha,
+despill), composite it over a moving background from the video's split, and write the clip file
+atomically. A re-run on the same ``--out`` keeps the split plan and every finished clip, and
+continues where it stopped; ``store.json`` appears only when every usable video is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recseg.config import accepts, at_least, option, parse_size, size_check
+from recseg.data import pipeline
+from recseg.data.sources import (
+    Source,
+    check_video,
+    discover_videos,
+    split_backgrounds,
+    split_videos,
+)
+from recseg.data.store import ClipRecord, atomic_write_json, write_manifest
+from recseg.data.video import VideoError
+from recseg.errors import InputError
+
+PIPELINE_VERSION = 1
+
+
+def _fps_check(value: float) -> str | None:
+    return None if 1 <= value <= 120 else f"must be between 1 and 120, got {value}"
+
+
+def _out_ok(value: str) -> None:
+    path = Path(value)
+    if not str(value).strip():
+        raise InputError("must name a folder")
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{value} exists and is not a folder")
+
+
+@dataclasses.dataclass
+class PreprocessConfig:
+    """Options of ``recseg preprocess`` and the MLproject ``preprocess`` entry point."""
+
+    videos: str = dataclasses.field(
+        metadata=option(
+            "Folder of greenscreen videos: flat (split by video) or with train/ val/ test/.",
+            mltype="path",
+        )
+    )
+    backgrounds: str = dataclasses.field(
+        metadata=option("Folder of background images (split: train vs val/test).", mltype="path")
+    )
+    out: str = dataclasses.field(
+        metadata=option("Store folder to write (re-run to resume).", check=accepts(_out_ok))
+    )
+    clip_seconds: float = dataclasses.field(
+        default=4.0, metadata=option("Length of a clip in seconds.", check=at_least(0.25))
+    )
+    size: str = dataclasses.field(
+        default="270x512", metadata=option("Frame size HxW of the store.", check=size_check)
+    )
+    fps: float = dataclasses.field(
+        default=15.0, metadata=option("Frame rate of the clips (resampled).", check=_fps_check)
+    )
+    seed: int = dataclasses.field(
+        default=0, metadata=option("Seed of the splits, backgrounds and camera moves.")
+    )
+    truth: str = dataclasses.field(
+        default="",
+        metadata=option(
+            "Folder of true masks <video>.npz to score the key against; default: "
+            "<videos>/../truth when present; 'none' to skip."
+        ),
+    )
+    experiment: str = dataclasses.field(
+        default="preprocess", metadata=option("MLflow experiment of the preprocess run.")
+    )
+
+    def settings(self) -> dict[str, Any]:
+        """What the store's content depends on (a re-run must match it)."""
+        return {
+            "size": list(parse_size(self.size)),
+            "fps": float(self.fps),
+            "clip_seconds": float(self.clip_seconds),
+            "frames_per_clip": self.frames_per_clip,
+            "seed": int(self.seed),
+            "pipeline": PIPELINE_VERSION,
+        }
+
+    @property
+    def frames_per_clip(self) -> int:
+        return max(1, round(self.clip_seconds * self.fps))
+
+
+@dataclasses.dataclass
+class PreprocessResult:
+    """What a preprocess run made: records, skipped videos, counts and key quality."""
+
+    root: Path
+    manifest: dict[str, Any]
+    records: list[ClipRecord]
+    skipped: dict[str, str]
+    key_iou: float | None
+    seconds: float
+    source_seconds: float
+    frames_processed: int
+    stats: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def realtime_factor(self) -> float:
+        """Seconds of input video handled per second of wall time."""
+        return self.source_seconds / max(self.seconds, 1e-9)
+
+
+def _truth_dir(cfg: PreprocessConfig) -> Path | None:
+    if cfg.truth.lower() == "none":
+        return None
+    if cfg.truth:
+        path = Path(cfg.truth)
+        if not path.is_dir():
+            raise InputError(f"--truth {cfg.truth}: not a folder")
+        return path
+    guess = Path(cfg.videos).resolve().parent / "truth"
+    return guess if guess.is_dir() else None
+
+
+def _load_plan(root: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    plan_path = root / "plan.json"
+    if not plan_path.is_file():
+        return None
+    try:
+        plan = json.loads(plan_path.read_text())
+    except ValueError:
+        raise InputError(f"--out {root}: plan.json is unreadable; use a new --out") from None
+    if plan.get("settings") != settings:
+        diff = [
+            f"{k} {plan.get('settings', {}).get(k)} -> {v}"
+            for k, v in settings.items()
+            if plan.get("settings", {}).get(k) != v
+        ]
+        raise InputError(
+            f"--out {root}: holds a store made with other settings ({'; '.join(diff)}); "
+            "use a new --out"
+        )
+    return plan
+
+
+def check_sources(
+    cfg: PreprocessConfig, warn: Callable[[str], None]
+) -> tuple[list[Source], dict[str, str]]:
+    """Probe every video; returns usable sources and ``{file: reason}`` of skipped ones."""
+    usable, skipped = [], {}
+    for source in discover_videos(cfg.videos):
+        try:
+            check_video(source, cfg.clip_seconds)
+        except VideoError as exc:
+            skipped[str(source.path)] = str(exc)
+            warn(f"skipping {exc}")
+            continue
+        usable.append(source)
+    if not usable:
+        first = next(iter(skipped.values()))
+        raise InputError(f"--videos {cfg.videos}: no usable video ({first})")
+    return usable, skipped
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A checked preprocess job: usable sources, splits, backgrounds and the plan to write."""
+
+    cfg: PreprocessConfig
+    sources: list[Source]
+    skipped: dict[str, str]
+    splits: dict[str, str]
+    backgrounds: dict[str, list[str]]
+    truth: Path | None
+    plan: dict[str, Any]
+
+
+def prepare_preprocess(cfg: PreprocessConfig, warn: Callable[[str], None]) -> Prepared:
+    """Check every input before anything is written (``InputError`` names the problem)."""
+    settings = cfg.settings()
+    old = _load_plan(Path(cfg.out), settings) or {}
+    backgrounds = old.get("backgrounds") or split_backgrounds(cfg.backgrounds, cfg.seed)
+    if old:  # the images the existing clips were made with must still be there
+        split_backgrounds(cfg.backgrounds, cfg.seed)
+    truth = _truth_dir(cfg)
+    sources, skipped = check_sources(cfg, warn)
+    previous = {n: v["split"] for n, v in old.get("videos", {}).items()}
+    splits = split_videos(sources, cfg.seed, previous)
+    plan = {
+        "settings": settings,
+        "backgrounds_dir": str(Path(cfg.backgrounds).resolve()),
+        "backgrounds": backgrounds,
+        "videos": {
+            s.name: {
+                "split": splits[s.name],
+                "path": str(s.path.resolve()),
+                "fps": s.info.fps if s.info else None,
+                "duration": s.info.duration if s.info else None,
+                "key": s.key.to_dict() if s.key else None,
+            }
+            for s in sources
+        },
+    }
+    return Prepared(cfg, sources, skipped, splits, backgrounds, truth, plan)
+
+
+def run_preprocess(
+    job: Prepared, warn: Callable[[str], None] = lambda m: None, progress: bool = True
+) -> PreprocessResult:
+    """Write the store of a prepared job (resuming what is there)."""
+    start = time.monotonic()
+    cfg, root = job.cfg, Path(job.cfg.out)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(root / "plan.json", job.plan)
+    pipeline.remove_stale_temp_files(root)
+    work = pipeline.Work(cfg, root, Path(cfg.backgrounds), job.backgrounds, job.truth)
+    outcome = pipeline.process_all(work, job.sources, job.splits, progress=progress, warn=warn)
+    skipped = {**job.skipped, **outcome.problems}
+    extra = {"skipped": skipped, "key": outcome.key_summary()}
+    manifest = write_manifest(root, cfg.settings(), outcome.records, extra=extra)
+    return PreprocessResult(
+        root=root,
+        manifest=manifest,
+        records=outcome.records,
+        skipped=skipped,
+        key_iou=outcome.key_iou(),
+        seconds=time.monotonic() - start,
+        source_seconds=outcome.source_seconds,
+        frames_processed=outcome.frames_processed,
+        stats=outcome.stats(),
+    )
+
+
+def clip_seed(seed: int, video: str, index: int) -> np.random.Generator:
+    """The RNG of one clip: a function of (seed, video, clip index) only, so a resumed run
+    draws exactly what an uninterrupted one would."""
+    return np.random.default_rng([seed, zlib.crc32(video.encode()), index])

@@ -1,0 +1,1 @@
+"""Tracking: everything recseg writes to MLflow (runs, params, metrics, artifacts, inputs)."""

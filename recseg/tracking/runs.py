@@ -1,0 +1,46 @@
+"""Starting MLflow runs the same way everywhere (``recseg`` commands and ``mlflow run``)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+import mlflow
+
+
+def quiet_mlflow() -> None:
+    """No telemetry, ever; called before recseg touches MLflow."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def tracked_run(
+    experiment: str, run_name: str | None = None, tags: dict[str, str] | None = None
+) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run in ``experiment``; inside ``mlflow run`` the run it started is used.
+
+    The tracking server is ``MLFLOW_TRACKING_URI`` when set, else MLflow's default.
+    """
+    quiet_mlflow()
+    inside_project = bool(os.environ.get("MLFLOW_RUN_ID"))
+    if not inside_project:
+        mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=None if inside_project else run_name) as run:
+        if tags:
+            mlflow.set_tags(tags)
+        yield run
+
+
+def log_new_params(params: dict[str, str]) -> None:
+    """Log params the active run does not have yet. ``mlflow run`` logs the values it was
+    given (as typed); recseg adds the ones left at their defaults without clashing."""
+    run = mlflow.active_run()
+    assert run is not None, "log_new_params needs an active run"
+    have = mlflow.get_run(run.info.run_id).data.params
+    missing = {k: v for k, v in params.items() if k not in have}
+    if missing:
+        mlflow.log_params(missing)

@@ -1,0 +1,49 @@
+"""Small real media for tests: greenscreen mp4 files (H.264 via PyAV) and background images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+
+def write_video(
+    path: Path,
+    seconds: float = 2.0,
+    fps: float = 10.0,
+    size: tuple[int, int] = (72, 128),
+    screen: tuple[int, int, int] = (40, 170, 60),
+    seed: int = 0,
+) -> np.ndarray:
+    """A moving red ellipse on a screen of colour ``screen`` (RGB); returns the true masks."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    n = round(seconds * fps)
+    masks = np.zeros((n, h, w), bool)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=int(fps))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i in range(n):
+            img = np.empty((h, w, 3), np.uint8)
+            img[:] = screen
+            m = np.zeros((h, w), np.uint8)
+            cv2.ellipse(m, (w // 4 + i * w // (2 * n), h // 2), (w // 10, h // 3), 0, 0, 360, 1, -1)
+            img[m > 0] = (200, 60, 50)
+            img = np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8)
+            masks[i] = m > 0
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return masks
+
+
+def write_backgrounds(folder: Path, count: int = 4, size: tuple[int, int] = (120, 200)) -> None:
+    """``count`` textured background images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(count):
+        img = cv2.resize(rng.integers(0, 255, (12, 20, 3), dtype=np.uint8), size[::-1])
+        cv2.imwrite(str(folder / f"bg{i}.jpg"), img)
