@@ -14,7 +14,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 .PHONY: help install test lint format demo mlproject lock clean
 
 help:
-	@echo "make demo       install, then run the demo (models, a forward/backward check, streaming)"
+	@echo "make demo       install, then make demo footage, preprocess it (MLflow run), check a model"
 	@echo "make test       install, then lint (ruff) and run the test suite (pytest)"
 	@echo "make lint       ruff check + format check"
 	@echo "make mlproject  regenerate MLproject from the typed configs"
@@ -36,8 +36,11 @@ test: lint
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
+	$(BIN)/recseg footage demo/footage --videos 6 --seconds 6
+	$(BIN)/recseg preprocess --videos demo/footage/videos --backgrounds demo/footage/backgrounds \
+	    --out demo/store --experiment demo
+	@echo "demo: clip store in demo/store (samples: demo/store/samples.png); run in ./mlflow.db"
 	$(BIN)/recseg models --details
-	$(BIN)/recseg describe --model Deep+_mobile --size 270x512 --seq-len 4
 	$(BIN)/recseg describe --model Deep_mobile_gruV3 --size 270x512 --seq-len 4
 
 format: $(STAMP)
@@ -54,4 +57,4 @@ lock: $(STAMP)
 	mv constraints.txt.tmp constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info demo

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -47,3 +50,15 @@ def write_backgrounds(folder: Path, count: int = 4, size: tuple[int, int] = (120
     for i in range(count):
         img = cv2.resize(rng.integers(0, 255, (12, 20, 3), dtype=np.uint8), size[::-1])
         cv2.imwrite(str(folder / f"bg{i}.jpg"), img)
+
+
+def run_recseg(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m recseg ARGS`` as a user runs it, in ``cwd`` with extra ``env``."""
+    return subprocess.run(
+        [sys.executable, "-m", "recseg", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )

@@ -3,10 +3,8 @@ key scored against the true masks and everything logged to a real MLflow server.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -15,18 +13,11 @@ import pytest
 
 from recseg.data.store import SPLITS, ClipStore
 from recseg.data.video import decode, probe, resampled
+from tests.media import run_recseg
 
 
 def recseg(*args: str, cwd: Path, uri: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    return subprocess.run(
-        [sys.executable, "-m", "recseg", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=cwd,
-        env=env,
-    )
+    return run_recseg(*args, cwd=cwd, env={"MLFLOW_TRACKING_URI": uri})
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +128,39 @@ def test_loader_streams_the_preprocessed_store(made: dict) -> None:
     evaluation = make_loader(made["store"], "val", batch_size=1, seq_len=8, train=False)
     frames = sum(int(b["valid"].sum()) for b in evaluation)
     assert frames == sum(r.frames for r in ClipStore(made["store"]).clips("val"))
+
+
+def test_hard_footage_with_true_labels(tmp_path: Path, mlflow_server: str) -> None:
+    """--labels truth stores the true masks (people hidden by --hard events stay labelled),
+    while the key's quality against them is still measured and logged."""
+    from recseg.data.footage import FootageConfig, make_footage
+
+    make_footage(FootageConfig(videos=3, seconds=3.0, fps=10.0, size="96x160", hard=True), tmp_path)
+    result = recseg(
+        "preprocess", "--videos", str(tmp_path / "videos"), "--backgrounds",
+        str(tmp_path / "backgrounds"), "--out", str(tmp_path / "s"), "--labels", "truth",
+        "--clip-seconds", "1", "--fps", "10", "--size", "96x160", cwd=tmp_path, uri=mlflow_server,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    store = ClipStore(tmp_path / "s")
+    assert store.settings["labels"] == "truth"
+    for split in SPLITS:
+        for rec in store.clips(split):
+            clip = store.open(rec)
+            masks = np.load(tmp_path / "truth" / f"{rec.video}.npz")["masks"]
+            want = masks[clip.meta["source_frames"]]
+            assert np.array_equal(clip.labels().astype(bool), want)
+    assert store.manifest["key"]["fg_iou"] < 0.97  # the key cannot see hidden people
+
+
+def test_labels_truth_needs_true_masks(tmp_path: Path, made: dict) -> None:
+    result = recseg(
+        "preprocess", "--videos", str(made["footage"] / "videos"), "--backgrounds",
+        str(made["footage"] / "backgrounds"), "--out", str(tmp_path / "s"), "--labels", "truth",
+        "--truth", "none", cwd=tmp_path, uri="",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip() == "recseg: error: --labels truth: no truth folder (give --truth DIR)"
+    )
+    assert not (tmp_path / "s").exists()

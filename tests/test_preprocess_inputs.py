@@ -16,21 +16,14 @@ import numpy as np
 import pytest
 
 from recseg.data.store import ClipStore, read_clip
-from tests.media import write_backgrounds, write_video
+from tests.media import run_recseg, write_backgrounds, write_video
 
 ARGS = ("--clip-seconds", "1", "--fps", "10", "--size", "64x96")
 
 
 def recseg(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "recseg", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-        env=env,
-    )
+    uri = {"MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"}
+    return run_recseg(*args, cwd=cwd, env={**uri, **(env or {})})
 
 
 @pytest.fixture(scope="module")
@@ -226,3 +219,18 @@ def test_mlflow_run_preprocess_entry_point(tmp_path: Path, good: Path) -> None:
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.params["size"] == "64x96" and "seed" in runs[0].data.params
     assert runs[0].data.metrics["train_clips"] > 0 and "key_fg_iou" in runs[0].data.metrics
+
+
+def test_a_changed_video_is_made_again_the_rest_kept(tmp_path: Path, good: Path) -> None:
+    videos = with_videos(tmp_path, good)
+    result, out = run_pre(tmp_path, videos, good / "backgrounds")
+    assert result.returncode == 0, result.stderr
+    before = {p.name: p.read_bytes() for p in clip_files(out)}
+    write_video(videos / "v0.mp4", seed=42)
+    result, out = run_pre(tmp_path, videos, good / "backgrounds")
+    assert result.returncode == 0, result.stderr
+    assert "v0 changed since its clips were made" in result.stdout
+    after = {p.name: p.read_bytes() for p in clip_files(out)}
+    assert before.keys() == after.keys()
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed and all(name.startswith("v0-") for name in changed)

@@ -379,26 +379,7 @@ def _check_positive(flag: str, value: int) -> None:
         raise InputError(f"{flag} must be a positive integer, got {value!r}")
 
 
-def make_loader(
-    store: ClipStore | str | Path,
-    split: str,
-    *,
-    batch_size: int,
-    seq_len: int,
-    seed: int = 0,
-    train: bool = True,
-    num_workers: int = 0,
-    augment: bool | None = None,
-) -> TemporalLoader:
-    """A :class:`TemporalLoader` over ``split`` of ``store`` (augmentation defaults to
-    ``train``)."""
-    return TemporalLoader(
-        store,
-        split,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        seed=seed,
-        train=train,
-        num_workers=num_workers,
-        augment=augment,
-    )
+def make_loader(store: ClipStore | str | Path, split: str, **options: Any) -> TemporalLoader:
+    """A :class:`TemporalLoader` over ``split`` of ``store``; ``options`` are its keywords
+    (``batch_size``, ``seq_len``, ``seed``, ``train``, ``num_workers``, ``augment``)."""
+    return TemporalLoader(store, split, **options)

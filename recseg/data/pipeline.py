@@ -93,6 +93,13 @@ def remove_stale_temp_files(root: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def forget_video(root: Path, name: str) -> None:
+    """Delete a video's finished clips and its done marker (its file changed)."""
+    (root / "done" / f"{name}.json").unlink(missing_ok=True)
+    for path in root.glob(f"clips/*/{name}-[0-9][0-9][0-9].npz"):
+        path.unlink()
+
+
 def process_all(
     work: Work,
     sources: list[Source],
@@ -203,7 +210,12 @@ def _make_clip(
         out[k], labels[k] = composite(fg, alpha, bgs[k])
         outcome.uncertain += float(((alpha > 0.05) & (alpha < 0.95)).mean())
         outcome.uncertain_frames += 1
-    inter, union = _truth_counts(work, source, src_idx, labels)
+    true = _true_labels(work, source, src_idx)
+    inter, union = _counts(true, labels)
+    if work.cfg.labels == "truth":
+        if true is None:
+            raise VideoError(f"{source.path.name}: --labels truth, but no {source.path.stem}.npz")
+        labels = true
     h, w = work.size
     record = ClipRecord(
         id=path.stem,
@@ -230,22 +242,27 @@ def _make_clip(
     return meta
 
 
-def _truth_counts(
-    work: Work, source: Source, src_idx: list[int], labels: np.ndarray
-) -> tuple[int, int]:
-    """Intersection and union of keyed labels with the true masks, if the truth is there."""
+def _true_labels(work: Work, source: Source, src_idx: list[int]) -> np.ndarray | None:
+    """The true masks of a clip's frames at the store size (uint8 0/1), if there are any."""
     if work.truth_dir is None:
-        return 0, 0
+        return None
     path = work.truth_dir / f"{source.path.stem}.npz"
     if not path.is_file():
-        return 0, 0
+        return None
     masks = work.truth(path)
-    inter = union = 0
-    for k, i in enumerate(src_idx):
-        if i >= len(masks):
-            continue
-        true = fit_size(masks[i].astype(np.uint8) * 255, work.size, cv2.INTER_AREA) >= 128
-        pred = labels[k].astype(bool)
-        inter += int(np.count_nonzero(true & pred))
-        union += int(np.count_nonzero(true | pred))
-    return inter, union
+    if max(src_idx) >= len(masks):
+        raise VideoError(f"{path.name}: {len(masks)} masks, fewer than the video's frames")
+    return np.stack(
+        [
+            fit_size(masks[i].astype(np.uint8) * 255, work.size, cv2.INTER_AREA) >= 128
+            for i in src_idx
+        ]
+    ).astype(np.uint8)
+
+
+def _counts(true: np.ndarray | None, keyed: np.ndarray) -> tuple[int, int]:
+    """Intersection and union of keyed labels with the true ones (0, 0 without truth)."""
+    if true is None:
+        return 0, 0
+    t, k = true.astype(bool), keyed.astype(bool)
+    return int(np.count_nonzero(t & k)), int(np.count_nonzero(t | k))

@@ -10,6 +10,7 @@ continues where it stopped; ``store.json`` appears only when every usable video 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 import zlib
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from recseg.config import accepts, at_least, option, parse_size, size_check
+from recseg.config import accepts, at_least, one_of, option, parse_size, size_check
 from recseg.data import pipeline
 from recseg.data.sources import (
     Source,
@@ -82,6 +83,14 @@ class PreprocessConfig:
             "<videos>/../truth when present; 'none' to skip."
         ),
     )
+    labels: str = dataclasses.field(
+        default="key",
+        metadata=option(
+            "Where labels come from: the chroma 'key', or the 'truth' masks (footage made "
+            "with --hard hides people on purpose; its true masks say where they are).",
+            check=one_of("key", "truth"),
+        ),
+    )
     experiment: str = dataclasses.field(
         default="preprocess", metadata=option("MLflow experiment of the preprocess run.")
     )
@@ -94,6 +103,7 @@ class PreprocessConfig:
             "clip_seconds": float(self.clip_seconds),
             "frames_per_clip": self.frames_per_clip,
             "seed": int(self.seed),
+            "labels": self.labels,
             "pipeline": PIPELINE_VERSION,
         }
 
@@ -185,6 +195,18 @@ class Prepared:
     backgrounds: dict[str, list[str]]
     truth: Path | None
     plan: dict[str, Any]
+    changed: list[str]  # videos whose file changed since their clips were made
+
+
+def fingerprint(path: Path, chunk: int = 1 << 16) -> str:
+    """A cheap identity of a file: its size and a hash of its first and last 64 KiB."""
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        digest.update(fh.read(chunk))
+        fh.seek(max(0, size - chunk))
+        digest.update(fh.read(chunk))
+    return f"{size}:{digest.hexdigest()[:16]}"
 
 
 def prepare_preprocess(cfg: PreprocessConfig, warn: Callable[[str], None]) -> Prepared:
@@ -195,6 +217,8 @@ def prepare_preprocess(cfg: PreprocessConfig, warn: Callable[[str], None]) -> Pr
     if old:  # the images the existing clips were made with must still be there
         split_backgrounds(cfg.backgrounds, cfg.seed)
     truth = _truth_dir(cfg)
+    if cfg.labels == "truth" and truth is None:
+        raise InputError("--labels truth: no truth folder (give --truth DIR)")
     sources, skipped = check_sources(cfg, warn)
     previous = {n: v["split"] for n, v in old.get("videos", {}).items()}
     splits = split_videos(sources, cfg.seed, previous)
@@ -209,11 +233,18 @@ def prepare_preprocess(cfg: PreprocessConfig, warn: Callable[[str], None]) -> Pr
                 "fps": s.info.fps if s.info else None,
                 "duration": s.info.duration if s.info else None,
                 "key": s.key.to_dict() if s.key else None,
+                "fingerprint": fingerprint(s.path),
             }
             for s in sources
         },
     }
-    return Prepared(cfg, sources, skipped, splits, backgrounds, truth, plan)
+    changed = [
+        name
+        for name, video in plan["videos"].items()
+        if name in old.get("videos", {})
+        and old["videos"][name].get("fingerprint") != video["fingerprint"]
+    ]
+    return Prepared(cfg, sources, skipped, splits, backgrounds, truth, plan, changed)
 
 
 def run_preprocess(
@@ -223,6 +254,9 @@ def run_preprocess(
     start = time.monotonic()
     cfg, root = job.cfg, Path(job.cfg.out)
     root.mkdir(parents=True, exist_ok=True)
+    for name in job.changed:
+        warn(f"{name} changed since its clips were made: making them again")
+        pipeline.forget_video(root, name)
     atomic_write_json(root / "plan.json", job.plan)
     pipeline.remove_stale_temp_files(root)
     work = pipeline.Work(cfg, root, Path(cfg.backgrounds), job.backgrounds, job.truth)
