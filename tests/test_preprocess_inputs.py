@@ -234,3 +234,14 @@ def test_a_changed_video_is_made_again_the_rest_kept(tmp_path: Path, good: Path)
     assert before.keys() == after.keys()
     changed = {name for name in before if before[name] != after[name]}
     assert changed and all(name.startswith("v0-") for name in changed)
+
+
+def test_a_deleted_clip_is_made_again(tmp_path: Path, good: Path) -> None:
+    result, out = run_pre(tmp_path, good / "videos", good / "backgrounds")
+    assert result.returncode == 0, result.stderr
+    victim = clip_files(out)[0]
+    data = victim.read_bytes()
+    victim.unlink()
+    result, out = run_pre(tmp_path, good / "videos", good / "backgrounds")
+    assert result.returncode == 0, result.stderr
+    assert victim.read_bytes() == data

@@ -135,8 +135,9 @@ def _done_path(work: Work, source: Source) -> Path:
 
 def _process_video(work: Work, source: Source, split: str, outcome: Outcome, bar: tqdm) -> None:
     done = _done_path(work, source)
-    if done.is_file():
-        for meta in json.loads(done.read_text()):
+    finished = json.loads(done.read_text()) if done.is_file() else []
+    if finished and all((work.root / m["record"]["path"]).is_file() for m in finished):
+        for meta in finished:
             outcome.add(ClipRecord.from_dict(meta["record"]), meta)
             bar.update(work.cfg.frames_per_clip)
         return
