@@ -1,4 +1,4 @@
-"""Small real media for tests: greenscreen mp4 files (H.264 via PyAV) and background images."""
+"""Small real media for tests: greenscreen mp4 files (H.264, the footage writer) and images."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
+
+from recseg.data.footage.video import Mp4Writer
 
 
 def write_video(
@@ -25,9 +26,7 @@ def write_video(
     h, w = size
     n = round(seconds * fps)
     masks = np.zeros((n, h, w), bool)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=int(fps))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+    with Mp4Writer(path, fps, size) as writer:
         for i in range(n):
             img = np.empty((h, w, 3), np.uint8)
             img[:] = screen
@@ -36,10 +35,7 @@ def write_video(
             img[m > 0] = (200, 60, 50)
             img = np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8)
             masks[i] = m > 0
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     return masks
 
 

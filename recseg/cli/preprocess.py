@@ -21,10 +21,8 @@ def print_summary(result: PreprocessResult, run_id: str) -> None:
     """The store's counts, key quality and speed, on stdout."""
     click.echo(f"store      {result.root}")
     for split in SPLITS:
-        recs = [r for r in result.records if r.split == split]
-        videos = len({r.video for r in recs})
-        frames = sum(r.frames for r in recs)
-        click.echo(f"{split:<10} {videos} videos, {len(recs)} clips, {frames} frames")
+        n = result.manifest["totals"][split]
+        click.echo(f"{split:<10} {n['videos']} videos, {n['clips']} clips, {n['frames']} frames")
     if result.key_iou is not None:
         click.echo(f"key IoU    {result.key_iou:.4f} (foreground, against the true masks)")
     if result.frames_processed:

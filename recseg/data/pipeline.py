@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from recseg.config import parse_size
 from recseg.data.backdrop import CameraPath, fit_background, load_image, render_background
 from recseg.data.chroma import Key, composite, key_frame
 from recseg.data.sources import Source
-from recseg.data.store import ClipRecord, atomic_write_json, write_clip
+from recseg.data.store import ClipRecord, atomic_write_json, read_meta, write_clip
 from recseg.data.video import VideoError, crop_box, decode, fit_size, resampled
 
 
@@ -31,11 +33,11 @@ class Work:
     backgrounds: dict[str, list[str]]
     truth_dir: Path | None
     _cache: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-
     _truth: tuple[Path, np.ndarray] | None = None
 
-    @property
+    @functools.cached_property
     def size(self) -> tuple[int, int]:
+        """The store's frame size (H, W)."""
         return parse_size(self.cfg.size)
 
     def truth(self, path: Path) -> np.ndarray:
@@ -93,9 +95,14 @@ def remove_stale_temp_files(root: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def done_path(root: Path, name: str) -> Path:
+    """The marker listing a finished video's clips."""
+    return root / "done" / f"{name}.json"
+
+
 def forget_video(root: Path, name: str) -> None:
     """Delete a video's finished clips and its done marker (its file changed)."""
-    (root / "done" / f"{name}.json").unlink(missing_ok=True)
+    done_path(root, name).unlink(missing_ok=True)
     for path in root.glob(f"clips/*/{name}-[0-9][0-9][0-9].npz"):
         path.unlink()
 
@@ -129,12 +136,8 @@ def _expected_clips(source: Source, cfg: Any) -> int:
     return math.floor(source.info.duration * cfg.fps + 1e-6) // cfg.frames_per_clip
 
 
-def _done_path(work: Work, source: Source) -> Path:
-    return work.root / "done" / f"{source.name}.json"
-
-
 def _process_video(work: Work, source: Source, split: str, outcome: Outcome, bar: tqdm) -> None:
-    done = _done_path(work, source)
+    done = done_path(work.root, source.name)
     finished = json.loads(done.read_text()) if done.is_file() else []
     if finished and all((work.root / m["record"]["path"]).is_file() for m in finished):
         for meta in finished:
@@ -178,11 +181,16 @@ def _existing_meta(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        with np.load(path) as data:
-            return json.loads(data["meta"].tobytes().decode())
+        return read_meta(path)
     except (OSError, ValueError, KeyError):
         path.unlink(missing_ok=True)  # unreadable: made again
         return None
+
+
+def clip_seed(seed: int, video: str, index: int) -> np.random.Generator:
+    """The RNG of one clip: a function of (seed, video, clip index) only, so a resumed run
+    draws exactly what an uninterrupted one would."""
+    return np.random.default_rng([seed, zlib.crc32(video.encode()), index])
 
 
 def _make_clip(
@@ -196,8 +204,6 @@ def _make_clip(
     outcome: Outcome,
 ) -> dict[str, Any]:
     """Key and composite one clip, write it, return its meta (record + key counts)."""
-    from recseg.data.preprocess import clip_seed
-
     rng = clip_seed(work.cfg.seed, source.name, index)
     choices = work.backgrounds[split]
     bg_name = choices[int(rng.integers(len(choices)))]

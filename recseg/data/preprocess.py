@@ -13,12 +13,9 @@ import dataclasses
 import hashlib
 import json
 import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from recseg.config import accepts, at_least, one_of, option, parse_size, size_check
 from recseg.data import pipeline
@@ -152,11 +149,10 @@ def _load_plan(root: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
         plan = json.loads(plan_path.read_text())
     except ValueError:
         raise InputError(f"--out {root}: plan.json is unreadable; use a new --out") from None
-    if plan.get("settings") != settings:
+    made_with = plan.get("settings", {})
+    if made_with != settings:
         diff = [
-            f"{k} {plan.get('settings', {}).get(k)} -> {v}"
-            for k, v in settings.items()
-            if plan.get("settings", {}).get(k) != v
+            f"{k} {made_with.get(k)} -> {v}" for k, v in settings.items() if made_with.get(k) != v
         ]
         raise InputError(
             f"--out {root}: holds a store made with other settings ({'; '.join(diff)}); "
@@ -192,9 +188,8 @@ class Prepared:
     sources: list[Source]
     skipped: dict[str, str]
     splits: dict[str, str]
-    backgrounds: dict[str, list[str]]
     truth: Path | None
-    plan: dict[str, Any]
+    plan: dict[str, Any]  # what plan.json records, backgrounds per split included
     changed: list[str]  # videos whose file changed since their clips were made
 
 
@@ -213,9 +208,8 @@ def prepare_preprocess(cfg: PreprocessConfig, warn: Callable[[str], None]) -> Pr
     """Check every input before anything is written (``InputError`` names the problem)."""
     settings = cfg.settings()
     old = _load_plan(Path(cfg.out), settings) or {}
-    backgrounds = old.get("backgrounds") or split_backgrounds(cfg.backgrounds, cfg.seed)
-    if old:  # the images the existing clips were made with must still be there
-        split_backgrounds(cfg.backgrounds, cfg.seed)
+    fresh = split_backgrounds(cfg.backgrounds, cfg.seed)  # decodes every image: fail early
+    backgrounds = old.get("backgrounds") or fresh  # a resumed store keeps its split
     truth = _truth_dir(cfg)
     if cfg.labels == "truth" and truth is None:
         raise InputError("--labels truth: no truth folder (give --truth DIR)")
@@ -244,7 +238,7 @@ def prepare_preprocess(cfg: PreprocessConfig, warn: Callable[[str], None]) -> Pr
         if name in old.get("videos", {})
         and old["videos"][name].get("fingerprint") != video["fingerprint"]
     ]
-    return Prepared(cfg, sources, skipped, splits, backgrounds, truth, plan, changed)
+    return Prepared(cfg, sources, skipped, splits, truth, plan, changed)
 
 
 def run_preprocess(
@@ -259,7 +253,7 @@ def run_preprocess(
         pipeline.forget_video(root, name)
     atomic_write_json(root / "plan.json", job.plan)
     pipeline.remove_stale_temp_files(root)
-    work = pipeline.Work(cfg, root, Path(cfg.backgrounds), job.backgrounds, job.truth)
+    work = pipeline.Work(cfg, root, Path(cfg.backgrounds), job.plan["backgrounds"], job.truth)
     outcome = pipeline.process_all(work, job.sources, job.splits, progress=progress, warn=warn)
     skipped = {**job.skipped, **outcome.problems}
     extra = {"skipped": skipped, "key": outcome.key_summary()}
@@ -275,9 +269,3 @@ def run_preprocess(
         frames_processed=outcome.frames_processed,
         stats=outcome.stats(),
     )
-
-
-def clip_seed(seed: int, video: str, index: int) -> np.random.Generator:
-    """The RNG of one clip: a function of (seed, video, clip index) only, so a resumed run
-    draws exactly what an uninterrupted one would."""
-    return np.random.default_rng([seed, zlib.crc32(video.encode()), index])

@@ -117,6 +117,12 @@ def write_clip(
     atomic_write_bytes(path, encode_clip(frames, labels, meta))
 
 
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata of a clip file without decoding its frames or labels."""
+    with np.load(path) as data:
+        return json.loads(data["meta"].tobytes().decode())
+
+
 class ClipFile:
     """A clip file loaded into memory; decodes any range of frames on demand."""
 

@@ -19,13 +19,13 @@ def preprocess_metrics(result) -> dict[str, float]:
     """Counts per split, foreground ratio, key quality and speed of a ``PreprocessResult``."""
     metrics: dict[str, float] = {}
     for split in SPLITS:
-        recs = [r for r in result.records if r.split == split]
-        frames = sum(r.frames for r in recs)
-        metrics[f"{split}_videos"] = len({r.video for r in recs})
-        metrics[f"{split}_clips"] = len(recs)
-        metrics[f"{split}_frames"] = frames
-        if frames:
-            metrics[f"{split}_fg_ratio"] = sum(r.fg_ratio * r.frames for r in recs) / frames
+        totals = result.manifest["totals"][split]
+        metrics.update({f"{split}_{k}": v for k, v in totals.items()})
+        if totals["frames"]:
+            recs = [r for r in result.records if r.split == split]
+            metrics[f"{split}_fg_ratio"] = (
+                sum(r.fg_ratio * r.frames for r in recs) / totals["frames"]
+            )
     total = sum(r.frames for r in result.records)
     if total:
         metrics["fg_ratio"] = sum(r.fg_ratio * r.frames for r in result.records) / total
