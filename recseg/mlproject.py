@@ -9,10 +9,12 @@ import yaml
 from recseg.config import mlproject_command, mlproject_parameters
 from recseg.data.preprocess import PreprocessConfig
 from recseg.models.summary import DescribeConfig
+from recseg.training.config import TrainConfig
 
 # entry point name -> (module run with ``python -m``, config class)
 ENTRY_POINTS: dict[str, tuple[str, type]] = {
     "preprocess": ("entrypoints.preprocess", PreprocessConfig),
+    "train": ("entrypoints.train", TrainConfig),
     "describe": ("entrypoints.describe", DescribeConfig),
 }
 

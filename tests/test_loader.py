@@ -11,14 +11,16 @@ import collections
 import random
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from recseg.data import augment as aug
 from recseg.data.loader import IGNORE, LaneSampler, TemporalLoader, clip_windows, make_loader
-from recseg.data.store import ClipRecord, ClipStore, write_clip, write_manifest
+from recseg.data.store import ClipFile, ClipRecord, ClipStore, write_clip, write_manifest
 from recseg.errors import InputError
+from tests.stores import make_store
 
 H, W = 24, 32
 TRAIN_LENGTHS = [7, 12, 5, 9, 2, 16, 10, 8, 6]  # clip 4 is shorter than T=3: never trained on
@@ -332,3 +334,94 @@ def test_augmentation_is_the_same_for_every_frame_of_a_clip(tmp_path: Path) -> N
 
 def test_store_size_is_used(store: Path) -> None:
     assert ClipStore(store).size == (H, W)
+
+
+# ----- resizing -----------------------------------------------------------------------------
+
+
+def _check_resized(batches: list[dict], size: tuple[int, int]) -> None:
+    h, w = size
+    for batch in batches:
+        frames, labels, valid = batch["frames"], batch["labels"], batch["valid"]
+        assert frames.shape == (B, T, 3, h, w) and labels.shape == (B, T, h, w)
+        assert frames.dtype == torch.float32 and labels.dtype == torch.int64
+        assert set(labels[valid].unique().tolist()) <= {0, 1}
+        assert (labels[~valid] == IGNORE).all() and (frames[~valid] == 0).all()
+        assert frames.min() >= 0 and frames.max() <= 1
+
+
+@pytest.mark.parametrize("size", [(12, 16), (40, 50), (18, 40)])
+def test_batches_come_out_at_the_given_size(store: Path, size: tuple[int, int]) -> None:
+    train = make_loader(store, "train", batch_size=B, seq_len=T, size=size)
+    assert train.size == size and train.state_dict()["size"] == list(size)
+    batches = list(train)
+    assert len(batches) == len(train.sampler.plans(0))
+    _check_resized(batches, size)
+    val = make_loader(store, "val", batch_size=B, seq_len=T, train=False, size=list(size))
+    batches = list(val)
+    assert any(not b["valid"].all() for b in batches)  # padding is there, at the new size
+    _check_resized(batches, size)
+
+
+def test_resizing_workers_give_the_same_batches(store: Path) -> None:
+    kw = {"batch_size": B, "seq_len": T, "seed": 4, "size": (12, 20)}
+    serial = list(make_loader(store, "train", **kw))
+    _assert_same(serial, list(make_loader(store, "train", num_workers=2, **kw)))
+    _check_resized(serial, (12, 20))
+
+
+def test_store_size_or_none_means_no_resizing(store: Path) -> None:
+    kw = {"batch_size": B, "seq_len": T, "seed": 2}
+    plain = make_loader(store, "train", **kw)
+    assert plain.size == (H, W) and plain.state_dict()["size"] == [H, W]
+    same = make_loader(store, "train", size=(H, W), **kw)
+    _assert_same(list(plain), list(same))
+    same.load_state_dict(plain.state_dict())
+
+
+def test_resume_with_another_size_is_refused(store: Path) -> None:
+    kw = {"batch_size": B, "seq_len": T}
+    state = make_loader(store, "train", size=(12, 16), **kw).state_dict()
+    for other in (None, (16, 12), (12, 17)):
+        with pytest.raises(InputError, match=r"size=\[12, 16\]"):
+            make_loader(store, "train", size=other, **kw).load_state_dict(state)
+    resumed = make_loader(store, "train", size=(12, 16), **kw)
+    resumed.load_state_dict({**state, "size": (12, 16)})  # a tuple is the same size
+    resumed.load_state_dict({k: v for k, v in state.items() if k != "size"})  # older states
+
+
+@pytest.mark.parametrize("size", [(0, 16), (12,), (12.0, 16), "12x16", (True, 16), 12])
+def test_bad_size_is_refused(store: Path, size: object) -> None:
+    with pytest.raises(InputError, match="size must be two positive integers"):
+        make_loader(store, "train", batch_size=B, seq_len=T, size=size)
+
+
+@pytest.mark.parametrize(
+    ("size", "mode"), [((20, 30), cv2.INTER_AREA), ((48, 60), cv2.INTER_LINEAR)]
+)
+def test_resized_moving_object_matches_cv2(
+    tmp_path: Path, size: tuple[int, int], mode: int
+) -> None:
+    root = make_store(tmp_path, train=(6, 6), val=(5, 4), size=(32, 48))
+    store = ClipStore(root)
+    clips = [ClipFile(store.path(r)) for r in store.clips("val")]
+    loader = make_loader(root, "val", batch_size=2, seq_len=T, train=False, size=size)
+    h, w = size
+    checked = 0
+    for batch in loader:
+        for b in range(2):
+            clip, start = int(batch["index"][b]), int(batch["start"][b])
+            n = int(batch["valid"][b].sum())
+            if clip < 0:
+                continue
+            frames = clips[clip].frames(start, start + n)
+            labels = clips[clip].labels(start, start + n)
+            for k in range(n):
+                want_f = cv2.resize(frames[k], (w, h), interpolation=mode)
+                want_l = cv2.resize(labels[k], (w, h), interpolation=cv2.INTER_NEAREST)
+                got_f = (batch["frames"][b, k] * 255).round().byte().permute(1, 2, 0).numpy()
+                assert np.array_equal(got_f, want_f)
+                assert np.array_equal(batch["labels"][b, k].numpy(), want_l)
+                assert 0 < want_l.sum() < want_l.size and _mask_iou(got_f, want_l) > 0.8
+                checked += 1
+    assert checked == 5 + 4

@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from recseg.training.losses import (
     LOSSES,
@@ -14,7 +15,9 @@ from recseg.training.losses import (
     CrossEntropyLoss,
     SoftDiceLoss,
     build_loss,
+    cross_entropy_loss,
     loss_names,
+    soft_dice_loss,
 )
 
 S = 1e-4  # default smooth
@@ -178,3 +181,133 @@ def test_shape_mismatch_raises(loss_cls: type[torch.nn.Module]) -> None:
 def test_float_target_rejected() -> None:
     with pytest.raises(ValueError, match="integer"):
         SoftDiceLoss()(A_LOGITS, A_TARGET.float())
+
+
+# ----- ignore_index (padded pixels) ---------------------------------------------------------
+
+PAD = 255
+LOSS_CLASSES = [SoftDiceLoss, CrossEntropyLoss, CrossDiceLoss]
+
+
+def _reference_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = S) -> torch.Tensor:
+    """The formula before ignore_index existed, on (N, C, H, W) logits."""
+    probs = torch.softmax(logits.float(), dim=1)
+    onehot = F.one_hot(target, num_classes=logits.shape[1]).permute(0, 3, 1, 2).float()
+    tp = (probs * onehot).sum((2, 3))
+    fp = (probs * (1 - onehot)).sum((2, 3))
+    fn = ((1 - probs) * onehot).sum((2, 3))
+    return 1 - ((2 * tp + smooth) / (2 * tp + fp + fn + smooth).clamp_min(1e-8)).mean()
+
+
+def _random(shape: tuple[int, ...], classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(B, T, C, H, W)`` and labels ``(B, T, H, W)`` for ``shape = (B, T, H, W)``."""
+    g = torch.Generator().manual_seed(seed)
+    b, t, h, w = shape
+    logits = torch.randn(b, t, classes, h, w, generator=g) * 3
+    return logits, torch.randint(0, classes, shape, generator=g)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_without_ignored_pixels_values_equal_the_old_formula(classes: int) -> None:
+    logits, target = _random((2, 3, 5, 6), classes, seed=classes)
+    flat_l, flat_t = logits.flatten(0, 1), target.flatten(0, 1)
+    dice, ce = _reference_dice(flat_l, flat_t), F.cross_entropy(flat_l, flat_t)
+    for smooth in (S, 0.0, 1.0):
+        ref = _reference_dice(flat_l, flat_t, smooth)
+        assert torch.allclose(soft_dice_loss(logits, target, smooth), ref, atol=1e-6)
+    assert torch.allclose(SoftDiceLoss()(flat_l, flat_t), dice, atol=1e-6)
+    assert torch.allclose(CrossEntropyLoss()(logits, target), ce, atol=1e-6)
+    assert torch.allclose(CrossDiceLoss()(logits, target), (dice + ce) / 2, atol=1e-6)
+    assert torch.allclose(cross_entropy_loss(flat_l, flat_t, ignore_index=-100), ce, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss_cls", LOSS_CLASSES)
+def test_padded_frames_and_pixels_do_not_change_the_loss(loss_cls: type[torch.nn.Module]) -> None:
+    logits, target = _random((2, 3, 4, 5), 2, seed=1)
+    expected = loss_cls()(logits, target)
+    g = torch.Generator().manual_seed(9)
+    # two extra all-padding frames per lane (their logits are anything)
+    more_l = torch.cat([logits, torch.randn(2, 2, 2, 4, 5, generator=g) * 5], dim=1)
+    more_t = torch.cat([target, torch.full((2, 2, 4, 5), PAD)], dim=1)
+    assert torch.allclose(loss_cls()(more_l, more_t), expected, atol=1e-6)
+    # extra padded rows and columns on every frame
+    wide_l = torch.randn(2, 3, 2, 7, 9, generator=g) * 5
+    wide_l[..., :4, :5] = logits
+    wide_t = torch.full((2, 3, 7, 9), PAD)
+    wide_t[..., :4, :5] = target
+    assert torch.allclose(loss_cls()(wide_l, wide_t), expected, atol=1e-6)
+    # an all-padding frame in the (N, C, H, W) layout
+    flat_l = torch.cat([logits.flatten(0, 1), more_l[:, 3:].flatten(0, 1)])
+    flat_t = torch.cat([target.flatten(0, 1), more_t[:, 3:].flatten(0, 1)])
+    assert torch.allclose(loss_cls()(flat_l, flat_t), expected, atol=1e-6)
+
+
+def test_padded_frame_is_not_counted_as_perfect_dice() -> None:
+    # B_LOGITS/B_TARGET alone vs with a padded frame: a frame counted as dice 1 would halve it
+    logits = torch.cat([B_LOGITS, B_LOGITS])
+    target = torch.cat([B_TARGET, torch.full_like(B_TARGET, PAD)])
+    assert SoftDiceLoss()(logits, target).item() == pytest.approx(1 - sum(B_DICE) / 2, abs=1e-6)
+
+
+@pytest.mark.parametrize("loss_cls", LOSS_CLASSES)
+def test_all_ignored_is_zero_with_working_backward(loss_cls: type[torch.nn.Module]) -> None:
+    for shape in ((2, 2, 3, 3), (3, 3, 3)):
+        logits = torch.randn(*shape[:-2], 2, *shape[-2:]).requires_grad_(True)
+        loss = loss_cls()(logits, torch.full(shape, PAD))
+        assert loss.item() == 0.0 and loss.grad_fn is not None
+        loss.backward()
+        assert logits.grad is not None and torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+@pytest.mark.parametrize("loss_cls", LOSS_CLASSES)
+def test_no_gradient_at_ignored_pixels(loss_cls: type[torch.nn.Module]) -> None:
+    logits, target = _random((2, 2, 4, 4), 2, seed=3)
+    target[0, 1] = PAD  # a padded frame
+    target[1, :, 2:, :] = PAD  # padded rows
+    logits.requires_grad_(True)
+    loss_cls()(logits, target).backward()
+    assert logits.grad is not None
+    ignored = (target == PAD).unsqueeze(2).expand_as(logits)
+    assert (logits.grad[ignored] == 0).all()
+    assert (logits.grad[~ignored] != 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_logits_with_padding(dtype: torch.dtype) -> None:
+    logits = torch.cat([B_LOGITS, A_LOGITS]).to(dtype)
+    target = torch.cat([B_TARGET, torch.full_like(B_TARGET, PAD)])
+    assert SoftDiceLoss()(logits, target).item() == pytest.approx(1 - sum(B_DICE) / 2, abs=1e-6)
+    assert CrossEntropyLoss()(logits, target).dtype == torch.float32
+
+
+def test_custom_ignore_index() -> None:
+    target = torch.cat([B_TARGET, torch.full_like(B_TARGET, -1)])
+    logits = torch.cat([B_LOGITS, A_LOGITS])
+    loss = SoftDiceLoss(ignore_index=-1)(logits, target)
+    assert loss.item() == pytest.approx(1 - sum(B_DICE) / 2, abs=1e-6)
+    ce = cross_entropy_loss(logits, target, ignore_index=-1)
+    assert ce.item() == pytest.approx(F.cross_entropy(B_LOGITS, B_TARGET).item(), abs=1e-6)
+    assert CrossDiceLoss(ignore_index=-1).ce.ignore_index == -1
+    assert "ignore_index=-1" in repr(CrossDiceLoss(ignore_index=-1))
+    with pytest.raises(ValueError, match="ignore_index -1"):
+        SoftDiceLoss(ignore_index=-1)(logits, torch.full_like(target, PAD))
+
+
+@pytest.mark.parametrize("loss_cls", LOSS_CLASSES)
+@pytest.mark.parametrize("bad", [2, -1, 254])
+def test_labels_out_of_range_raise(loss_cls: type[torch.nn.Module], bad: int) -> None:
+    target = A_TARGET.clone()
+    target[0, 1, 1] = bad
+    target[0, 0, 0] = PAD
+    expected = f"target labels must lie in [0, 1] or equal ignore_index 255, got {bad}"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        loss_cls()(A_LOGITS, target)
+
+
+def test_build_loss_defaults_to_ignore_255() -> None:
+    for name in loss_names():
+        loss = build_loss(name)
+        padded = torch.cat([A_TARGET, torch.full_like(A_TARGET, PAD)])
+        logits = torch.cat([A_LOGITS, torch.randn(1, 2, 2, 2)])
+        assert torch.allclose(loss(logits, padded), loss(A_LOGITS, A_TARGET), atol=1e-6)
+    assert build_loss("SoftDice").ignore_index == PAD

@@ -314,3 +314,79 @@ def test_three_classes() -> None:
     r = m.compute()
     assert r["miou"] == approx(1 / 2)
     assert r["fg_iou"] == approx(1 / 2)
+
+
+# ----- ignore_index (padded pixels and frames) ----------------------------------------------
+
+PAD = 255
+
+
+def _padded(x: torch.Tensor, value: int) -> torch.Tensor:
+    """(B, T, H, W) -> (B, T + 1, H + 1, W + 2): one extra frame, row and two columns."""
+    b, n, h, w = x.shape
+    out = torch.full((b, n + 1, h + 1, w + 2), value, dtype=x.dtype)
+    out[:, :n, :h, :w] = x
+    return out
+
+
+def test_padding_changes_neither_confusion_nor_flicker() -> None:
+    gt = torch.stack([t(L0_GT, L0_GT), t(L1_G1, L1_G2)])  # (B=2, T=2, 2, 3)
+    pr = torch.stack([t(L0_P1, L0_P2), t(L1_P1, L1_P2)])
+    plain = SegmentationMetrics()
+    plain.update(pr, gt)
+    assert plain.flicker_counts == (3 + 1, 6 + 3)
+    padded = SegmentationMetrics()
+    pad_pred = _padded(pr, 1)  # predictions under padding: anything in range
+    pad_pred[:, -1, 0, 0] = 0
+    padded.update(pad_pred, _padded(gt, PAD))
+    assert torch.equal(padded.confusion, plain.confusion)
+    assert padded.flicker_counts == plain.flicker_counts
+    assert padded.compute() == plain.compute()
+    assert padded.frames == 4  # the all-padding frames are not counted
+
+
+def test_padded_frame_after_a_real_one_adds_no_pair_across_calls() -> None:
+    m = SegmentationMetrics()
+    m.update(t(L0_P1), t(L0_GT))
+    m.update(t(L0_P2), t([[PAD] * 3] * 2))  # continues lane 0 with a padded frame
+    assert m.flicker_counts == (0, 0)
+    m.update(t(L0_P1), t([[PAD] * 3] * 2))  # padded -> padded
+    m.update(t(L0_P2), t(L0_GT))  # padded -> real
+    assert m.flicker_counts == (0, 0)
+    assert m.confusion.sum().item() == 12 and m.frames == 2
+
+
+def test_partial_padding_counts_only_valid_pixel_pairs() -> None:
+    # frame 0 truth [0, 0, PAD], frame 1 [0, PAD, 0]: only pixel 0 has two valid truths
+    gt = t([[0, 0, PAD]], [[0, PAD, 0]]).unsqueeze(0)
+    pr = t([[0, 1, 1]], [[1, 0, 0]]).unsqueeze(0)
+    m = SegmentationMetrics()
+    m.update(pr, gt)
+    assert m.flicker_counts == (1, 1)
+    # confusion: frame 0 (0,0), (0,1); frame 1 (0,1), (0,0)
+    assert torch.equal(m.confusion, torch.tensor([[2, 2], [0, 0]]))
+    assert m.compute()["pixels"] == 4.0
+
+
+def test_ignore_index_none_keeps_the_strict_check() -> None:
+    strict = SegmentationMetrics(ignore_index=None)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 1\]$"):
+        strict.update(t([[0, 1]]), t([[0, PAD]]))
+    assert strict.confusion.sum().item() == 0
+    strict.update(t(PR0, PR1).unsqueeze(0), t(GT0, GT1).unsqueeze(0))
+    for key, value in TWO_FRAME.items():
+        assert strict.compute()[key] == approx(value), key
+
+
+def test_ignore_index_allows_only_itself_in_targets() -> None:
+    m = SegmentationMetrics()
+    assert m.ignore_index == PAD
+    with pytest.raises(ValueError, match="labels must lie in"):
+        m.update(t([[0, 1]]), t([[0, 254]]))
+    with pytest.raises(ValueError, match="labels must lie in"):
+        m.update(t([[0, PAD]]), t([[0, PAD]]))  # predictions must be in range
+    other = SegmentationMetrics(ignore_index=-1)
+    other.update(t([[0, 1, 1]]), t([[0, -1, 1]]))
+    assert torch.equal(other.confusion, torch.tensor([[1, 0], [0, 1]]))
+    with pytest.raises(ValueError, match="labels must lie in"):
+        other.update(t([[0, 1]]), t([[0, PAD]]))

@@ -17,6 +17,8 @@ COMMANDS = {
     "describe": "recseg.cli.models:describe_cmd",
     "footage": "recseg.cli.footage:footage_cmd",
     "preprocess": "recseg.cli.preprocess:preprocess_cmd",
+    "train": "recseg.cli.train:train_cmd",
+    "runs": "recseg.cli.runs:runs_cmd",
 }
 
 

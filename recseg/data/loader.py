@@ -13,6 +13,9 @@ clip of the epoch's order (training: shuffled from ``(seed, epoch)``; evaluation
 * Evaluation (``train=False``): every frame is covered exactly once; a clip's last window and
   lanes with nothing left are padded (zero frames, label ``IGNORE``, ``valid`` False).
 
+With ``size`` set, every frame is resized to ``(h, w)`` after augmentation (which runs at the
+store's size), inside the dataset and hence the loader's workers; padding has that size too.
+
 ``TemporalLoader`` is the entry point (``make_loader`` builds one). Iterating it yields the
 rest of the current epoch and then advances ``epoch`` by itself: a plain
 ``for epoch ...: for batch in loader: ...`` loop needs no ``set_epoch`` call, and after
@@ -158,8 +161,25 @@ class LaneSampler:
         return [tuple(row) for row in grid]
 
 
+def resize_window(
+    frames: np.ndarray, labels: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frames ``(n, H, W, 3)`` and labels ``(n, H, W)`` resized to ``size = (h, w)``: frames with
+    ``INTER_AREA`` when no side grows, else ``INTER_LINEAR``; labels with ``INTER_NEAREST``."""
+    (h, w), (old_h, old_w) = size, frames.shape[1:3]
+    if (h, w) == (old_h, old_w):
+        return frames, labels
+    mode = cv2.INTER_AREA if h <= old_h and w <= old_w else cv2.INTER_LINEAR
+    out_f = [cv2.resize(np.ascontiguousarray(f), (w, h), interpolation=mode) for f in frames]
+    nearest = cv2.INTER_NEAREST
+    out_l = [cv2.resize(np.ascontiguousarray(x), (w, h), interpolation=nearest) for x in labels]
+    return np.stack(out_f), np.stack(out_l)
+
+
 class WindowDataset(Dataset[dict[str, Any]]):
-    """Reads a ``Plan`` into a batch; keeps the last few clip files open (per worker)."""
+    """Reads a ``Plan`` into a batch; keeps the last few clip files open (per worker).
+
+    ``size``: the batch frame size ``(h, w)``, the store's size if None."""
 
     def __init__(
         self,
@@ -167,10 +187,12 @@ class WindowDataset(Dataset[dict[str, Any]]):
         records: Sequence[ClipRecord],
         seq_len: int,
         cache_clips: int = 4,
+        size: tuple[int, int] | None = None,
     ):
         self.paths = [store.path(r) for r in records]
         self.ids = [r.id for r in records]
-        self.size = store.size
+        self.store_size = store.size
+        self.size = self.store_size if size is None else (int(size[0]), int(size[1]))
         self.seq_len = seq_len
         self.cache_clips = max(1, cache_clips)
         self._open: collections.OrderedDict[int, ClipFile] = collections.OrderedDict()
@@ -184,9 +206,9 @@ class WindowDataset(Dataset[dict[str, Any]]):
         clip = self._open.get(index)
         if clip is None:
             clip = ClipFile(self.paths[index])
-            if tuple(clip.shape[1:]) != self.size:
+            if tuple(clip.shape[1:]) != self.store_size:
                 raise InputError(
-                    f"{clip.path}: frames are {clip.shape[1:]}, the store says {self.size}"
+                    f"{clip.path}: frames are {clip.shape[1:]}, the store says {self.store_size}"
                 )
             self._open[index] = clip
             while len(self._open) > self.cache_clips:
@@ -200,7 +222,8 @@ class WindowDataset(Dataset[dict[str, Any]]):
         frames, labels = clip.frames(win.start, stop), clip.labels(win.start, stop)
         if len(frames) != win.length:
             raise InputError(f"{clip.path}: has {len(clip)} frames, fewer than the store says")
-        return aug.apply(frames, labels, win.augment)
+        frames, labels = aug.apply(frames, labels, win.augment)
+        return resize_window(frames, labels, self.size)
 
     def __getitem__(self, plan: Plan) -> dict[str, Any]:
         b, t, (h, w) = len(plan), self.seq_len, self.size
@@ -259,9 +282,12 @@ class TemporalLoader:
         num_workers: int = 0,
         augment: bool | None = None,
         pin_memory: bool | None = None,
+        size: tuple[int, int] | None = None,
     ):
         _check_positive("--batch-size", batch_size)
         _check_positive("--seq-len", seq_len)
+        if size is not None and not _is_size(size):
+            raise InputError(f"size must be two positive integers (height, width), got {size!r}")
         if not isinstance(num_workers, numbers.Integral) or num_workers < 0:
             raise InputError(f"--num-workers must be 0 or more, got {num_workers!r}")
         self.store = store if isinstance(store, ClipStore) else ClipStore(store)
@@ -277,7 +303,9 @@ class TemporalLoader:
             size=self.store.size,
         )
         self._check_clips(records)
-        self.dataset = WindowDataset(self.store, records, seq_len, cache_clips=batch_size + 2)
+        self.dataset = WindowDataset(
+            self.store, records, seq_len, cache_clips=batch_size + 2, size=size
+        )
         self.num_workers = int(num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.epoch = 0
@@ -311,6 +339,11 @@ class TemporalLoader:
     @property
     def train(self) -> bool:
         return self.sampler.train
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The batch frame size ``(h, w)``."""
+        return self.dataset.size
 
     def __len__(self) -> int:
         return len(self.sampler.plans(self.epoch))
@@ -351,22 +384,25 @@ class TemporalLoader:
             "seq_len": s.seq_len,
             "clips": len(s.lengths),
             "frames": sum(s.lengths),
+            "size": list(self.size),
         }
 
     def state_dict(self) -> dict[str, Any]:
         """``seed``, ``epoch``, ``step`` (batches already yielded this epoch) and the settings
         that must match on load (``split``, ``train``, ``augment``, ``batch_size``,
-        ``seq_len``, ``clips``, ``frames``). Saved after an epoch's last batch, ``step`` equals
-        ``len(self)``: the resumed loader's next iteration yields nothing, then advances."""
+        ``seq_len``, ``clips``, ``frames``, ``size`` as ``[h, w]``). Saved after an epoch's last
+        batch, ``step`` equals ``len(self)``: the resumed loader's next iteration yields nothing,
+        then advances."""
         return {"seed": self.seed, "epoch": self.epoch, "step": self.step, **self._identity()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue exactly after the last batch the saved loader yielded."""
         for key, value in self._identity().items():
-            if key in state and state[key] != value:
+            saved = state.get(key, value)
+            if (list(saved) if isinstance(saved, tuple) else saved) != value:
                 raise InputError(
                     f"cannot resume the {self.split} loader: it was saved with {key}="
-                    f"{state[key]!r}, now {key}={value!r}"
+                    f"{saved!r}, now {key}={value!r}"
                 )
         self.sampler.seed = int(state["seed"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
@@ -379,7 +415,20 @@ def _check_positive(flag: str, value: int) -> None:
         raise InputError(f"{flag} must be a positive integer, got {value!r}")
 
 
-def make_loader(store: ClipStore | str | Path, split: str, **options: Any) -> TemporalLoader:
-    """A :class:`TemporalLoader` over ``split`` of ``store``; ``options`` are its keywords
-    (``batch_size``, ``seq_len``, ``seed``, ``train``, ``num_workers``, ``augment``)."""
-    return TemporalLoader(store, split, **options)
+def _is_size(size: Any) -> bool:
+    """Whether ``size`` is a ``(height, width)`` tuple or list of positive integers."""
+    if not isinstance(size, tuple | list) or len(size) != 2:
+        return False
+    return all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in size)
+
+
+def make_loader(
+    store: ClipStore | str | Path,
+    split: str,
+    *,
+    size: tuple[int, int] | None = None,
+    **options: Any,
+) -> TemporalLoader:
+    """A :class:`TemporalLoader` over ``split`` of ``store`` with batches at ``size``; ``options``
+    are its other keywords (``batch_size``, ``seq_len``, ``seed``, ``train``, ...)."""
+    return TemporalLoader(store, split, size=size, **options)

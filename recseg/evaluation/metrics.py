@@ -4,6 +4,7 @@ Everything is accumulated over the whole split (one confusion matrix, one pair o
 counts) and only divided at the end; nothing is averaged per frame. A per-class quantity
 whose denominator is zero is NaN (undefined), and a mean over classes containing a NaN is
 NaN: a split without any person pixels has an undefined foreground IoU, never 1.0.
+Target pixels equal to ``ignore_index`` (the loader's padding, 255) count nowhere.
 """
 
 from __future__ import annotations
@@ -51,8 +52,13 @@ def metrics_from_confusion(confusion: torch.Tensor) -> dict[str, float]:
     }
 
 
-def _check_labels(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> None:
-    """Raise ValueError unless pred/target are matching integer label maps in range."""
+def _check_labels(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None = None
+) -> None:
+    """Raise ValueError unless pred/target are matching integer label maps in range.
+
+    Target pixels equal to ``ignore_index`` (if not None) are allowed; pred must always be in
+    range."""
     if pred.shape != target.shape:
         raise ValueError(
             f"pred shape {tuple(pred.shape)} and target shape {tuple(target.shape)} do not match"
@@ -66,10 +72,12 @@ def _check_labels(pred: torch.Tensor, target: torch.Tensor, num_classes: int) ->
             raise ValueError(f"{name} must be an integer label tensor, got dtype {t.dtype}")
     if pred.device != target.device:
         raise ValueError(f"pred is on {pred.device} but target is on {target.device}")
-    if pred.numel() and bool(
-        ((pred < 0) | (pred >= num_classes) | (target < 0) | (target >= num_classes)).any()
-    ):
-        raise ValueError(f"labels must lie in [0, {num_classes - 1}]")
+    bad_target = (target < 0) | (target >= num_classes)
+    if ignore_index is not None:
+        bad_target &= target != ignore_index
+    if pred.numel() and bool(((pred < 0) | (pred >= num_classes) | bad_target).any()):
+        allowed = "" if ignore_index is None else f" (targets may also be {ignore_index})"
+        raise ValueError(f"labels must lie in [0, {num_classes - 1}]{allowed}")
 
 
 class SegmentationMetrics:
@@ -80,12 +88,17 @@ class SegmentationMetrics:
     predicted label changes between consecutive frames of a clip, among pixels whose true
     label does not change. The last frame of every lane is kept so that the pair across two
     ``update`` calls is counted unless ``reset[b]`` marks the start of a new clip.
+
+    Target pixels equal to ``ignore_index`` (None: none) are left out of the confusion matrix,
+    a flicker pair counts only where both targets are valid, and a frame without any valid
+    target pixel is not counted in ``frames``.
     """
 
-    def __init__(self, num_classes: int = 2) -> None:
+    def __init__(self, num_classes: int = 2, ignore_index: int | None = 255) -> None:
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.num_classes = num_classes
+        self.ignore_index = ignore_index
         self.reset_state()
 
     def reset_state(self) -> None:
@@ -111,7 +124,7 @@ class SegmentationMetrics:
 
     @property
     def frames(self) -> int:
-        """Number of frames counted so far."""
+        """Number of frames counted so far (frames with at least one valid target pixel)."""
         return self._frames
 
     def _to(self, device: torch.device) -> None:
@@ -143,16 +156,21 @@ class SegmentationMetrics:
             return torch.ones(lanes, dtype=torch.bool, device=pred.device)
         return ~reset
 
-    @staticmethod
     def _count_pairs(
-        prev_p: torch.Tensor, prev_t: torch.Tensor, next_p: torch.Tensor, next_t: torch.Tensor
+        self,
+        prev_p: torch.Tensor,
+        prev_t: torch.Tensor,
+        next_p: torch.Tensor,
+        next_t: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Flicker counts over aligned ``(B, T, H, W)`` frame pairs, each of shape ``(B, T)``.
 
         First: pixels whose prediction changes while the truth does not; second: pixels whose
-        truth does not change.
+        truth does not change (both truths valid).
         """
         stable = next_t == prev_t
+        if self.ignore_index is not None:
+            stable &= next_t != self.ignore_index  # equal truths: both valid
         changed = (next_p != prev_p) & stable
         return changed.flatten(2).sum(-1), stable.flatten(2).sum(-1)
 
@@ -166,14 +184,20 @@ class SegmentationMetrics:
         starts a new clip here (no flicker pair with the lane's previous frame). None
         continues every lane.
         """
-        _check_labels(pred, target, self.num_classes)
+        _check_labels(pred, target, self.num_classes, self.ignore_index)
         if pred.ndim == 3:
             pred, target = pred.unsqueeze(1), target.unsqueeze(1)
         cont = self._continue_mask(pred, reset)
         self._to(pred.device)
         pred, target = pred.long(), target.long()
         c = self.num_classes
-        index = (target * c + pred).reshape(-1)
+        index = target * c + pred
+        if self.ignore_index is not None:
+            valid = target != self.ignore_index
+            index = index[valid]
+            frames = int(valid.flatten(2).any(-1).sum())
+        else:
+            index, frames = index.reshape(-1), pred.shape[0] * pred.shape[1]
         self._confusion += torch.bincount(index, minlength=c * c).reshape(c, c)
         if pred.shape[1] > 1:
             changed, stable = self._count_pairs(
@@ -189,7 +213,7 @@ class SegmentationMetrics:
             self._flicker_stable += (stable[:, 0] * cont).sum()
         self._last_pred = pred[:, -1].clone()
         self._last_target = target[:, -1].clone()
-        self._frames += pred.shape[0] * pred.shape[1]
+        self._frames += frames
 
     def merge(self, other: SegmentationMetrics) -> SegmentationMetrics:
         """Add ``other``'s confusion, flicker and frame counts into this object; returns self.

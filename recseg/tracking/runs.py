@@ -13,6 +13,7 @@ import mlflow
 def quiet_mlflow() -> None:
     """No telemetry, ever; called before recseg touches MLflow."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 

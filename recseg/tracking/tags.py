@@ -1,0 +1,16 @@
+"""Names of the tags recseg sets on its MLflow runs (one place, so readers and writers agree)."""
+
+from __future__ import annotations
+
+KIND = "recseg.kind"  # "train", "preprocess", "evaluate", "lr_find"
+HOST = "recseg.host"  # socket.gethostname() of the process that last worked on the run
+PID = "recseg.pid"  # its process id
+JOB = "recseg.job"  # the grid job id (SGE JOB_ID), when there is one
+HEARTBEAT = "recseg.heartbeat"  # unix time (seconds, str(float)) of the last sign of life
+CHECKPOINT_EPOCH = "recseg.checkpoint.epoch"  # epochs complete in the latest checkpoint
+CHECKPOINT_STEP = "recseg.checkpoint.step"  # optimiser steps in the latest checkpoint
+STOPPED = "recseg.stopped"  # why the last process stopped: "signal SIGUSR1", "time limit", ...
+BACKBONE = "backbone"
+CELL = "cell"  # "lstm", "gru" or "none"
+POSITION = "position"  # "output", "decoder", "branch" or "none"
+MODEL = "model"  # the --model name as given

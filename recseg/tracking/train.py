@@ -1,0 +1,157 @@
+"""The MLflow side of a training run: find or start the run, check params, log each metric
+step once (batched), upload checkpoints and artifacts, keep the liveness tags current."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from recseg.errors import InputError
+from recseg.tracking import tags as T
+from recseg.tracking.runs import quiet_mlflow
+from recseg.training.config import TrainConfig, check_unchanged
+
+MAX_BATCH = 200  # MLflow accepts up to 1000 metrics per log_batch call; stay well below
+
+
+def find_run(cfg: TrainConfig, client: MlflowClient) -> Run | None:
+    """The run to continue (``--run-id`` or ``MLFLOW_RUN_ID``), checked; None for a new run."""
+    env_id = os.environ.get("MLFLOW_RUN_ID", "")
+    if cfg.run_id and env_id and cfg.run_id != env_id:
+        raise InputError(
+            f"--run-id {cfg.run_id} differs from MLFLOW_RUN_ID {env_id} (the run `mlflow run` "
+            f"started); resume it with `mlflow run --run-id {cfg.run_id} ...`"
+        )
+    run_id = cfg.run_id or env_id
+    if not run_id:
+        return None
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise InputError(
+            f"--run-id: no run {run_id} on the tracking server {mlflow.get_tracking_uri()}"
+        ) from None
+    if run.info.lifecycle_stage == "deleted":
+        raise InputError(f"--run-id: run {run_id} is deleted")
+    kind = run.data.tags.get(T.KIND)
+    if kind not in (None, "train"):
+        raise InputError(f"--run-id: run {run_id} is a {kind} run, not a training run")
+    if cfg.run_id:  # given by the user: it must belong to the experiment named
+        name = client.get_experiment(run.info.experiment_id).name
+        if name != cfg.experiment:
+            raise InputError(
+                f"--run-id: run {run_id} belongs to experiment '{name}', not "
+                f"'{cfg.experiment}' (pass --experiment '{name}')"
+            )
+    check_unchanged(cfg, run.data.params)
+    return run
+
+
+def logged_steps(client: MlflowClient, run: Run) -> set[tuple[str, int]]:
+    """``(metric, step)`` pairs the run already has (system metrics aside)."""
+    done: set[tuple[str, int]] = set()
+    for key in run.data.metrics:
+        if key.startswith("system/"):
+            continue
+        done.update((key, m.step) for m in client.get_metric_history(run.info.run_id, key))
+    return done
+
+
+class TrainRun:
+    """An active MLflow training run (fluent ``mlflow.start_run``, so system metrics work)."""
+
+    def __init__(self, run: mlflow.ActiveRun, done: set[tuple[str, int]]) -> None:
+        self.active = run
+        self.run_id = run.info.run_id
+        self.client = MlflowClient()
+        self.done = done
+
+    @classmethod
+    def start(cls, cfg: TrainConfig, existing: Run | None) -> TrainRun:
+        """Start a new run in ``cfg.experiment`` or reopen ``existing``."""
+        quiet_mlflow()
+        client = MlflowClient()
+        if existing is None:
+            mlflow.set_experiment(cfg.experiment)
+            run = mlflow.start_run(
+                run_name=f"{cfg.model}-{cfg.loss}", log_system_metrics=cfg.system_metrics
+            )
+            return cls(run, set())
+        done = logged_steps(client, existing)
+        run = mlflow.start_run(run_id=existing.info.run_id, log_system_metrics=cfg.system_metrics)
+        return cls(run, done)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log the params the run does not have yet (``mlflow run`` logs its own first)."""
+        have = self.client.get_run(self.run_id).data.params
+        new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in have]
+        for i in range(0, len(new), 100):
+            self.client.log_batch(self.run_id, params=new[i : i + 100], synchronous=True)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> int:
+        """Log finite metrics at ``step`` in one batch, skipping steps already logged."""
+        now = int(time.time() * 1000)
+        new = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if (k, step) not in self.done and v is not None and math.isfinite(float(v))
+        ]
+        for i in range(0, len(new), MAX_BATCH):
+            self.client.log_batch(self.run_id, metrics=new[i : i + MAX_BATCH])
+        self.done.update((m.key, step) for m in new)
+        return len(new)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        self.client.log_batch(self.run_id, tags=items)
+
+    def alive(self, **extra: Any) -> None:
+        """Tags saying which process works on the run now."""
+        self.set_tags(
+            {
+                T.HOST: socket.gethostname(),
+                T.PID: os.getpid(),
+                T.HEARTBEAT: f"{time.time():.0f}",
+                **({T.JOB: os.environ["JOB_ID"]} if os.environ.get("JOB_ID") else {}),
+                **extra,
+            }
+        )
+
+    def upload(self, path: Path, folder: str) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def log_bytes(self, data: bytes, artifact_file: str) -> None:
+        """Log ``data`` as the artifact ``artifact_file`` (``folder/name``)."""
+        folder, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_bytes(data)
+            self.client.log_artifact(self.run_id, str(path), folder or None)
+
+    def log_json(self, data: Any, artifact_file: str) -> None:
+        self.log_bytes(json.dumps(data, indent=2, default=str).encode(), artifact_file)
+
+    def download(self, artifact: str, folder: Path) -> Path | None:
+        """Download an artifact of the run into ``folder``; None when it does not exist."""
+        try:
+            return Path(
+                mlflow.artifacts.download_artifacts(
+                    run_id=self.run_id, artifact_path=artifact, dst_path=str(folder)
+                )
+            )
+        except (MlflowException, OSError):
+            return None
+
+    def end(self, status: str) -> None:
+        mlflow.end_run(status=status)

@@ -1,0 +1,259 @@
+"""``TrainConfig``: every option of ``recseg train`` and the MLproject ``train`` entry point.
+
+The same dataclass gives the click options, the MLproject parameters and the MLflow params. Some
+options describe the job, not the run (``run_id``, ``time_limit``, ``num_workers``, ...): a resumed
+run may change them; every other option must match the values the run was started with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shlex
+from typing import Any
+
+from recseg.config import accepts, at_least, fields, flag, one_of, option, parse_size, size_check
+from recseg.errors import InputError
+from recseg.models.registry import model_spec
+from recseg.training.losses import build_loss
+
+OPTIMIZER_NAMES = ("adamw", "adam", "sgd")
+SCHEDULE_NAMES = ("cyclic", "onecycle", "poly", "constant")
+# Val metrics a best checkpoint can be chosen by; lower is better for the ones in LOWER_IS_BETTER.
+BEST_METRICS = (
+    "val_fg_iou",
+    "val_miou",
+    "val_dice",
+    "val_fg_dice",
+    "val_pixel_accuracy",
+    "val_loss",
+    "val_flicker",
+)
+LOWER_IS_BETTER = ("val_loss", "val_flicker")
+# Options of the job rather than the run: not compared (nor re-logged) when a run resumes.
+JOB_OPTIONS = ("run_id", "time_limit", "num_workers", "experiment", "checkpoint_dir", "device")
+
+
+def _size_or_store(value: str) -> str | None:
+    return None if value == "" else size_check(value)
+
+
+def _non_negative(value: float) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    return None if value >= 0 else f"must be 0 or more, got {value}"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Options of ``recseg train`` (see ``recseg train --help``)."""
+
+    data: str = dataclasses.field(
+        metadata=option("Clip store written by `recseg preprocess`.", mltype="path")
+    )
+    model: str = dataclasses.field(
+        metadata=option("Model name (`recseg models` lists them).", check=accepts(model_spec))
+    )
+    loss: str = dataclasses.field(
+        metadata=option("SoftDice, CrossEntropy or CrossDice.", check=accepts(build_loss))
+    )
+    epochs: int = dataclasses.field(
+        default=10, metadata=option("Epochs to train.", check=at_least(1))
+    )
+    batch_size: int = dataclasses.field(
+        default=4,
+        metadata=option("Clips per step (B lanes, each streaming its clip).", check=at_least(1)),
+    )
+    seq_len: int = dataclasses.field(
+        default=4,
+        metadata=option(
+            "Frames per lane per step (T): back-propagation through time window.", check=at_least(1)
+        ),
+    )
+    lr: float = dataclasses.field(
+        default=0.0,
+        metadata=option(
+            "Peak learning rate; 0: the thesis's per-model upper bound.", check=_non_negative
+        ),
+    )
+    lr_min: float = dataclasses.field(
+        default=0.0,
+        metadata=option(
+            "Lowest learning rate of the cyclic and poly schedules; 0: the thesis's "
+            "per-model lower bound.",
+            check=_non_negative,
+        ),
+    )
+    weight_decay: float = dataclasses.field(
+        default=1e-4,
+        metadata=option(
+            "Weight decay (AdamW: decoupled; adam/sgd: L2); not applied to biases and norms.",
+            check=_non_negative,
+        ),
+    )
+    optimizer: str = dataclasses.field(
+        default="adamw", metadata=option("Optimiser.", check=one_of(*OPTIMIZER_NAMES))
+    )
+    schedule: str = dataclasses.field(
+        default="cyclic",
+        metadata=option(
+            "LR schedule, stepped every step: cyclic (the thesis's triangular2), onecycle, "
+            "poly or constant.",
+            check=one_of(*SCHEDULE_NAMES),
+        ),
+    )
+    cycle_epochs: float = dataclasses.field(
+        default=4.0,
+        metadata=option(
+            "Length of one cyclic LR cycle in epochs (half up, half down).", check=at_least(0.01)
+        ),
+    )
+    eval_every: int = dataclasses.field(
+        default=1,
+        metadata=option(
+            "Evaluate on the val split every K epochs (and always after the last); 0: only "
+            "after the last.",
+            check=at_least(0),
+        ),
+    )
+    best_metric: str = dataclasses.field(
+        default="val_fg_iou",
+        metadata=option("Val metric that picks the best checkpoint.", check=one_of(*BEST_METRICS)),
+    )
+    size: str = dataclasses.field(
+        default="",
+        metadata=option(
+            "Train at this frame size HxW; default: the store's size.", check=_size_or_store
+        ),
+    )
+    seed: int = dataclasses.field(
+        default=0, metadata=option("Seed of the weights, clip order and augmentation.")
+    )
+    output_stride: int = dataclasses.field(
+        default=8, metadata=option("Backbone output stride.", check=one_of(8, 16))
+    )
+    pretrained: str = dataclasses.field(
+        default="",
+        metadata=option(
+            "Local file with torchvision ImageNet backbone weights (never downloaded); "
+            "default: random init.",
+            mltype="string",
+        ),
+    )
+    faithful: bool = dataclasses.field(
+        default=False,
+        metadata=option("Use the thesis code's model choices (frozen backbone, ...)."),
+    )
+    augment: bool = dataclasses.field(
+        default=True, metadata=option("Augment training clips (one draw per clip and epoch).")
+    )
+    amp: bool = dataclasses.field(
+        default=True, metadata=option("Mixed precision (float16) when training on CUDA.")
+    )
+    system_metrics: bool = dataclasses.field(
+        default=True, metadata=option("Log system metrics (CPU, memory, GPU) to MLflow.")
+    )
+    run_id: str = dataclasses.field(
+        default="",
+        metadata=option(
+            "Continue this MLflow run from its latest checkpoint (inside `mlflow run`: "
+            "MLFLOW_RUN_ID)."
+        ),
+    )
+    time_limit: float = dataclasses.field(
+        default=0.0,
+        metadata=option(
+            "Seconds this job may run: checkpoint and exit 99 before the next epoch (or "
+            "step) would not fit; 0: no limit.",
+            check=_non_negative,
+        ),
+    )
+    num_workers: int = dataclasses.field(
+        default=2,
+        metadata=option(
+            "Loader worker processes (0: load in the main process).", check=at_least(0)
+        ),
+    )
+    device: str = dataclasses.field(
+        default="auto",
+        metadata=option(
+            "Where to train: auto (CUDA when available), cpu or cuda.",
+            check=one_of("auto", "cpu", "cuda"),
+        ),
+    )
+    checkpoint_dir: str = dataclasses.field(
+        default="checkpoints",
+        metadata=option(
+            "Local folder for checkpoints (<dir>/<run id>/); the run's artifacts keep a copy."
+        ),
+    )
+    experiment: str = dataclasses.field(
+        default="train", metadata=option("MLflow experiment of a new run.")
+    )
+
+    @property
+    def frame_size(self) -> tuple[int, int] | None:
+        """``--size`` parsed, or None for the store's size."""
+        return parse_size(self.size) if self.size else None
+
+    def run_options(self) -> dict[str, Any]:
+        """The options a resumed run must keep (everything but the job's)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f, _ in fields(TrainConfig)
+            if f.name not in JOB_OPTIONS
+        }
+
+
+def _unquote(text: str) -> str:
+    """``mlflow run`` logs a string param as the shell saw it (``''`` for empty)."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        try:
+            parts = shlex.split(text)
+        except ValueError:
+            return text
+        return parts[0] if len(parts) == 1 else text
+    return text
+
+
+def parse_param(name: str, text: str) -> Any:
+    """A logged MLflow param (a string, maybe as typed to ``mlflow run``) as the field's type."""
+    kinds = {f.name: kind for f, kind in fields(TrainConfig)}
+    kind = kinds[name]
+    text = _unquote(str(text).strip())
+    if kind is bool:
+        return text.lower() in ("true", "1", "yes")
+    if kind in (int, float):
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    return text
+
+
+def changed_params(cfg: TrainConfig, logged: dict[str, str]) -> list[str]:
+    """Run options whose logged value differs from ``cfg``'s (compared as typed values)."""
+    changed = []
+    for name, value in cfg.run_options().items():
+        if name not in logged:
+            continue
+        old = parse_param(name, logged[name])
+        new = (
+            float(value)
+            if isinstance(value, int | float) and not isinstance(value, bool)
+            else value
+        )
+        if old != new:
+            changed.append(name)
+    return changed
+
+
+def check_unchanged(cfg: TrainConfig, logged: dict[str, str]) -> None:
+    """``InputError`` naming the first option that differs from the run's logged param."""
+    changed = changed_params(cfg, logged)
+    if changed:
+        name = changed[0]
+        raise InputError(
+            f"{flag(name)}: the run was started with {name}={logged[name]}, now "
+            f"{getattr(cfg, name)}; MLflow keeps a run's params fixed (start a new run instead)"
+        )

@@ -1,0 +1,221 @@
+"""One training job: set up, continue the MLflow run from its latest checkpoint, train, and end
+with 0 (the run is FINISHED) or 99 (stopped on request after a checkpoint: requeue me)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from recseg.config import as_params
+from recseg.errors import EXIT_OK, EXIT_REQUEUE, InputError
+from recseg.tracking import tags as T
+from recseg.tracking.train import TrainRun, find_run
+from recseg.training import checkpoint as ckpt
+from recseg.training.config import TrainConfig
+from recseg.training.setup import Setup, build_setup
+from recseg.training.stopping import StopRequest, TimeBudget
+from recseg.training.trainer import EpochRecord, Trainer
+
+Echo = Callable[[str], None]
+
+
+def _newest_checkpoint(cfg: TrainConfig, run_id: str, tag_step: int) -> dict[str, Any] | None:
+    """The latest checkpoint of the run: the local file, or the run's artifact when newer."""
+    local = Path(cfg.checkpoint_dir) / run_id / ckpt.LATEST
+    payload = ckpt.load(local) if local.exists() else None
+    if payload is not None and payload.get("run_id") != run_id:
+        raise InputError(f"checkpoint {local} belongs to run {payload.get('run_id')}, not {run_id}")
+    if payload is not None and payload["progress"]["step"] >= tag_step:
+        return payload
+    if tag_step < 0:
+        return payload
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=f"checkpoints/{ckpt.LATEST}", dst_path=tmp
+            )
+        except Exception:  # the tag was set but the upload is gone: fall back to local
+            return payload
+        return ckpt.load(path)
+
+
+class Job:
+    """Glue between the trainer, checkpoints and the MLflow run (the trainer's hooks)."""
+
+    def __init__(self, cfg: TrainConfig, setup: Setup, trainer: Trainer, echo: Echo) -> None:
+        self.cfg, self.setup, self.trainer, self.echo = cfg, setup, trainer, echo
+        self.run: TrainRun | None = None
+        self.folder = Path(cfg.checkpoint_dir)
+
+    @property
+    def run_id(self) -> str:
+        assert self.run is not None
+        return self.run.run_id
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "model_name": self.cfg.model,
+            "config": as_params(self.cfg),
+            "resolved": self.setup.resolved,
+            "rng": ckpt.rng_state(),
+            **self.trainer.state_dict(),
+        }
+
+    def clean_temp_files(self) -> None:
+        """Remove temp files a killed job left beside the checkpoints (never a checkpoint)."""
+        for stale in (self.folder / self.run_id).glob(".*.pt.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+    def save_latest(self) -> Path:
+        path = self.folder / self.run_id / ckpt.LATEST
+        ckpt.save(path, self.payload())
+        return path
+
+    def save_best(self, record: EpochRecord) -> Path:
+        path = self.folder / self.run_id / ckpt.BEST
+        ckpt.save(
+            path,
+            {
+                "run_id": self.run_id,
+                "model_name": self.cfg.model,
+                "model_options": self.setup.model.options.to_dict(),
+                "epoch": record.epoch,
+                "metric": self.cfg.best_metric,
+                "value": record.metrics.get(self.cfg.best_metric),
+                "model": self.setup.model.state_dict(),
+            },
+        )
+        return path
+
+    def checkpoint_tags(self) -> dict[str, Any]:
+        p = self.trainer.progress
+        return {T.CHECKPOINT_EPOCH: p.epoch, T.CHECKPOINT_STEP: p.step}
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        """Checkpoint locally, log the epoch's metrics and artifacts, upload the checkpoints."""
+        start = time.perf_counter()
+        latest = self.save_latest()
+        best = self.save_best(record) if record.improved else None
+        run = self.run
+        assert run is not None
+        run.log_metrics(record.metrics, step=record.epoch)
+        self.log_pictures(record)
+        run.upload(latest, "checkpoints")
+        if best is not None:
+            run.upload(best, "checkpoints")
+        seconds = time.perf_counter() - start
+        self.trainer.budget.checkpoint_seconds = seconds
+        run.log_metrics({"overhead_seconds": seconds}, step=record.epoch)
+        run.alive(**self.checkpoint_tags())
+        self.echo(_epoch_line(record, self.cfg.epochs, seconds))
+
+    def log_pictures(self, record: EpochRecord) -> None:
+        from recseg.evaluation.samples import encode_png, prediction_panel
+        from recseg.tracking.plots import history_plots
+
+        run = self.run
+        assert run is not None
+        for name, data in history_plots(self.trainer.progress.history).items():
+            run.log_bytes(data, f"plots/{name}")
+        if record.samples is not None:
+            s = record.samples
+            panel = prediction_panel(s.frames, s.labels, s.probs)
+            run.log_bytes(encode_png(panel), f"predictions/epoch_{record.epoch:03d}.png")
+
+    def on_stop(self, reason: str) -> None:
+        """Checkpoint where the loop stands and mark the run as stopped."""
+        path = self.save_latest()
+        assert self.run is not None
+        self.run.upload(path, "checkpoints")
+        p = self.trainer.progress
+        where = f"epoch {p.epoch + 1}, step {self.trainer.train_loader.step}"
+        self.run.alive(**self.checkpoint_tags(), **{T.STOPPED: f"{reason} ({where})"})
+        self.echo(
+            f"stopped: {reason} in {where}; checkpoint saved. Continue with "
+            f"--run-id {self.run_id} (exit code {EXIT_REQUEUE})"
+        )
+
+
+def _epoch_line(record: EpochRecord, epochs: int, overhead: float) -> str:
+    m = record.metrics
+    parts = [f"epoch {record.epoch + 1}/{epochs}", f"train_loss {m['train_loss']:.4f}"]
+    for key in ("val_loss", "val_miou", "val_fg_iou", "val_flicker"):
+        if key in m:
+            parts.append(f"{key} {m[key]:.4f}")
+    parts.append(f"lr {m['lr']:.2e}")
+    parts.append(f"{m['epoch_seconds']:.1f} s (+{overhead:.1f} s logging)")
+    return "  ".join(parts) + ("  *best*" if record.improved else "")
+
+
+def _make_trainer(cfg: TrainConfig, setup: Setup, stop: StopRequest) -> Trainer:
+    return Trainer(
+        setup.model,
+        setup.loss_fn,
+        setup.optimizer,
+        setup.scheduler,
+        setup.train_loader,
+        setup.val_loader,
+        epochs=cfg.epochs,
+        eval_every=cfg.eval_every,
+        best_metric=cfg.best_metric,
+        device=setup.device,
+        amp=cfg.amp,
+        stop=stop,
+        budget=TimeBudget(cfg.time_limit, start=_process_start()),
+        progress_bars=os.isatty(2),
+    )
+
+
+def _process_start() -> float:
+    """``time.monotonic()`` at which this process started (the job's clock)."""
+    import psutil
+
+    age = time.time() - psutil.Process().create_time()
+    return time.monotonic() - max(0.0, age)
+
+
+def train(cfg: TrainConfig, echo: Echo = print, stop: StopRequest | None = None) -> int:
+    """Run (or continue) a training run; returns the exit code (0 or 99).
+
+    ``stop`` is an installed :class:`StopRequest` (the command installs one before the heavy
+    imports, so a signal that comes early is not lost); by default one is made here."""
+    from recseg.training.finish import already_done, finish, start_tracking
+
+    existing = find_run(cfg, MlflowClient())
+    if existing is not None and already_done(existing, echo):
+        return EXIT_OK
+    setup = build_setup(cfg, warn=lambda m: echo(f"warning: {m}"))
+    own = stop is None
+    stop = stop or StopRequest()
+    trainer = _make_trainer(cfg, setup, stop)
+    state = None
+    if existing is not None:
+        tag = int(existing.data.tags.get(T.CHECKPOINT_STEP, -1))
+        state = _newest_checkpoint(cfg, existing.info.run_id, tag)
+    job = Job(cfg, setup, trainer, echo)
+    if own:
+        stop.install()
+    try:
+        start_tracking(job, existing, state)
+        job.clean_temp_files()
+        if state is not None:
+            trainer.load_state_dict(state)
+            ckpt.set_rng_state(state["rng"])
+        done = trainer.fit(job.on_epoch_end, job.on_stop)
+    finally:
+        if own:
+            stop.restore()
+    if not done:
+        job.run.end("KILLED")
+        return EXIT_REQUEUE
+    finish(job)
+    return EXIT_OK

@@ -1,0 +1,149 @@
+"""Build everything a training run needs from its config: store, loaders, model, optimiser,
+schedule, device; and the resolved values worth logging."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from recseg.data.loader import TemporalLoader, make_loader
+from recseg.data.store import MANIFEST, ClipStore
+from recseg.errors import InputError
+from recseg.models.deeplab import RecurrentDeepLab, count_parameters
+from recseg.models.registry import build_model, model_spec, readable_name
+from recseg.training.config import TrainConfig
+from recseg.training.losses import build_loss
+from recseg.training.optim import build_optimizer, build_scheduler, seed_lr_settings
+
+
+@dataclasses.dataclass
+class Setup:
+    """The parts of a training run, before any state is loaded into them."""
+
+    store: ClipStore
+    device: torch.device
+    model: RecurrentDeepLab
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: TemporalLoader
+    val_loader: TemporalLoader
+    resolved: dict[str, Any]  # logged as params next to the options
+
+
+def open_store(data: str) -> ClipStore:
+    """The clip store at ``--data``; ``InputError`` when there is none."""
+    root = Path(data)
+    if not root.is_dir():
+        raise InputError(f"--data {data}: no such folder")
+    if not (root / MANIFEST).is_file():
+        raise InputError(
+            f"--data {data}: not a clip store ({MANIFEST} missing); make one with "
+            "`recseg preprocess`"
+        )
+    return ClipStore(root)
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else the CPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: CUDA is not available on this machine")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _lanes(cfg: TrainConfig, store: ClipStore, warn: Callable[[str], None]) -> int:
+    usable = sum(1 for r in store.clips("train") if r.frames >= cfg.seq_len)
+    if 0 < usable < cfg.batch_size:
+        warn(
+            f"the train split has {usable} clips of at least --seq-len {cfg.seq_len} frames; "
+            f"training with {usable} lanes instead of --batch-size {cfg.batch_size}"
+        )
+        return usable
+    return cfg.batch_size
+
+
+def _loaders(
+    cfg: TrainConfig, store: ClipStore, lanes: int
+) -> tuple[TemporalLoader, TemporalLoader]:
+    common = {
+        "seq_len": cfg.seq_len,
+        "seed": cfg.seed,
+        "num_workers": cfg.num_workers,
+        "size": cfg.frame_size,
+    }
+    train = make_loader(store, "train", batch_size=lanes, train=True, augment=cfg.augment, **common)
+    val = make_loader(store, "val", batch_size=lanes, train=False, **common)
+    return train, val
+
+
+def _learning_rates(cfg: TrainConfig) -> tuple[float, float]:
+    low, high, _ = seed_lr_settings(model_spec(cfg.model))
+    lr = cfg.lr or high
+    lr_min = cfg.lr_min or min(low, lr)
+    if lr_min > lr:
+        raise InputError(f"--lr-min {lr_min} is above the peak learning rate {lr}")
+    return lr, lr_min
+
+
+def build_setup(cfg: TrainConfig, warn: Callable[[str], None] = print) -> Setup:
+    """Open the store and build loaders, model, loss, optimiser and schedule (seeded)."""
+    store = open_store(cfg.data)
+    device = pick_device(cfg.device)
+    lanes = _lanes(cfg, store, warn)
+    train_loader, val_loader = _loaders(cfg, store, lanes)
+    seed_everything(cfg.seed)
+    model = build_model(
+        cfg.model,
+        faithful=cfg.faithful,
+        output_stride=cfg.output_stride,
+        pretrained=cfg.pretrained or None,
+    ).to(device)
+    lr, lr_min = _learning_rates(cfg)
+    sampler = train_loader.sampler
+    steps_per_epoch = [len(sampler.plans(e)) for e in range(cfg.epochs)]
+    total = max(1, sum(steps_per_epoch))
+    cycle = max(2, round(cfg.cycle_epochs * steps_per_epoch[0]))
+    optimizer = build_optimizer(cfg.optimizer, model, lr, cfg.weight_decay)
+    scheduler = build_scheduler(
+        optimizer, cfg.schedule, total_steps=total, lr=lr, lr_min=lr_min, cycle_steps=cycle
+    )
+    h, w = train_loader.size
+    resolved = {
+        "resolved_lr": lr,
+        "resolved_lr_min": lr_min,
+        "resolved_batch_size": lanes,
+        "resolved_size": f"{h}x{w}",
+        "steps_per_epoch": steps_per_epoch[0],
+        "total_steps": total,
+        "cycle_steps": cycle,
+        "params_total": count_parameters(model),
+        "params_trainable": count_parameters(model, trainable_only=True),
+        "readable_name": readable_name(model.spec),
+        **{f"model_{k}": v for k, v in model.options.to_dict().items()},
+    }
+    return Setup(
+        store,
+        device,
+        model,
+        build_loss(cfg.loss),
+        optimizer,
+        scheduler,
+        train_loader,
+        val_loader,
+        resolved,
+    )

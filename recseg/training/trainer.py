@@ -1,0 +1,270 @@
+"""The training loop: B lanes x T frames per step, BPTT inside the window, state carried across.
+
+Every lane streams one clip window after window; the recurrent state of each lane is detached
+between steps (truncated back-propagation through time) and zeroed where the loader marks a new
+clip. The loop asks :class:`StopRequest` and :class:`TimeBudget` at every step boundary; the
+caller (``recseg.training.job``) owns MLflow, checkpoints and exit codes through the hooks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from recseg.data.loader import TemporalLoader
+from recseg.evaluation.evaluate import EvalResult, Samples, autocast, evaluate
+from recseg.evaluation.metrics import metrics_from_confusion
+from recseg.models.state import State, detach_state
+from recseg.training.config import LOWER_IS_BETTER
+from recseg.training.stopping import StopRequest, TimeBudget
+
+
+@dataclasses.dataclass
+class EpochRecord:
+    """What one finished epoch produced."""
+
+    epoch: int  # 0-based; the MLflow step of its metrics
+    metrics: dict[str, float]
+    evaluated: bool
+    improved: bool
+    samples: Samples | None
+
+
+@dataclasses.dataclass
+class Progress:
+    """The loop's own state (all of it goes into a checkpoint)."""
+
+    epoch: int = 0  # epochs complete
+    step: int = 0  # optimiser steps taken in total
+    history: dict[str, list[list[float]]] = dataclasses.field(default_factory=dict)
+    best_value: float | None = None
+    best_epoch: int | None = None
+    last_epoch_seconds: float | None = None
+    # the current epoch so far
+    loss_sum: float = 0.0
+    steps: int = 0
+    seconds: float = 0.0
+    confusion: list[list[int]] = dataclasses.field(default_factory=lambda: [[0, 0], [0, 0]])
+
+    def start_epoch(self) -> None:
+        self.loss_sum, self.steps, self.seconds = 0.0, 0, 0.0
+        self.confusion = [[0, 0], [0, 0]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Progress:
+        return cls(**data)
+
+
+class Trainer:
+    """Trains ``model`` on ``train_loader``; evaluates on ``val_loader``; see the module doc."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        train_loader: TemporalLoader,
+        val_loader: TemporalLoader,
+        *,
+        epochs: int,
+        eval_every: int,
+        best_metric: str,
+        device: torch.device,
+        amp: bool,
+        stop: StopRequest,
+        budget: TimeBudget,
+        progress_bars: bool = False,
+    ) -> None:
+        self.model, self.loss_fn = model, loss_fn
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.epochs, self.eval_every, self.best_metric = epochs, eval_every, best_metric
+        self.device, self.amp = device, bool(amp and device.type == "cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.stop, self.budget = stop, budget
+        self.bars = progress_bars
+        self.progress = Progress()
+        self.lanes: State | None = None
+
+    # ---- checkpoint state -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "progress": self.progress.to_dict(),
+            "loader": self.train_loader.state_dict(),
+            "lanes": self.lanes,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.progress = Progress.from_dict(state["progress"])
+        self.train_loader.load_state_dict(state["loader"])
+        lanes = state.get("lanes")
+        self.lanes = {k: v.to(self.device) for k, v in lanes.items()} if lanes else None
+
+    @property
+    def finished(self) -> bool:
+        return self.progress.epoch >= self.epochs
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def fit(
+        self, on_epoch_end: Callable[[EpochRecord], None], on_stop: Callable[[str], None]
+    ) -> bool:
+        """Train until the last epoch (True) or a stop request (False, after ``on_stop``)."""
+        steps_this_process = 0
+        while not self.finished:
+            if steps_this_process and not self.budget.epoch_fits(self._next_epoch_seconds()):
+                on_stop("time limit")
+                return False
+            done, taken = self._train_epoch()
+            steps_this_process += taken
+            if not done:
+                on_stop(self.stop.reason or "time limit")
+                return False
+            on_epoch_end(self._end_epoch())
+        return True
+
+    def _next_epoch_seconds(self) -> float | None:
+        p = self.progress
+        if p.last_epoch_seconds is not None:
+            return p.last_epoch_seconds
+        return None
+
+    def _should_stop(self, taken: int) -> bool:
+        if self.stop.requested:
+            return True
+        return taken > 0 and not self.budget.step_fits()
+
+    def _train_epoch(self) -> tuple[bool, int]:
+        """Steps to the end of the current epoch; ``(finished, steps taken)``."""
+        p, loader = self.progress, self.train_loader
+        self.model.train()
+        taken = 0
+        bar = tqdm(
+            total=len(loader),
+            initial=loader.step,
+            unit="step",
+            leave=False,
+            desc=f"epoch {p.epoch + 1}/{self.epochs}",
+            disable=not self.bars,
+        )
+        with bar:
+            if loader.step >= len(loader):  # saved right after the epoch's last batch
+                list(loader)
+                return True, 0
+            tick = time.perf_counter()
+            for batch in loader:
+                self._step(batch)
+                now = time.perf_counter()
+                self.budget.record_step(now - tick)
+                p.seconds += now - tick
+                tick = now
+                taken += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{p.loss_sum / max(1, p.steps):.4f}", refresh=False)
+                if loader.step < len(loader) and self._should_stop(taken):
+                    return False, taken
+        return True, taken
+
+    def _step(self, batch: dict[str, Any]) -> None:
+        p = self.progress
+        frames = batch["frames"].to(self.device, non_blocking=True)
+        labels = batch["labels"].to(self.device, non_blocking=True)
+        reset = batch["reset"].to(self.device)
+        with autocast(self.device, self.amp):
+            logits, state = self.model(frames, self.lanes, reset)
+            loss = self.loss_fn(logits.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.lanes = detach_state(state)
+        with torch.no_grad():
+            pred = logits.argmax(2)
+            ok = labels < 2
+            counts = torch.bincount((labels[ok] * 2 + pred[ok]).flatten(), minlength=4).cpu()
+        for i in range(4):
+            p.confusion[i // 2][i % 2] += int(counts[i])
+        p.loss_sum += float(loss.detach())
+        p.steps += 1
+        p.step += 1
+
+    def _end_epoch(self) -> EpochRecord:
+        p = self.progress
+        train = metrics_from_confusion(torch.tensor(p.confusion))
+        metrics = {
+            "train_loss": p.loss_sum / max(1, p.steps),
+            "train_miou": train["miou"],
+            "train_fg_iou": train["fg_iou"],
+            "lr": self.lr,
+        }
+        epoch = p.epoch
+        last = epoch + 1 >= self.epochs
+        due = last or (self.eval_every > 0 and (epoch + 1) % self.eval_every == 0)
+        result: EvalResult | None = None
+        if due:
+            result = self.evaluate()
+            metrics.update({f"val_{k}": v for k, v in result.metrics.items() if k != "frames"})
+            self.model.train()
+        seconds = p.seconds + (result.seconds if result else 0.0)
+        metrics["epoch_seconds"] = seconds
+        improved = bool(result) and self._update_best(metrics, epoch)
+        for key, value in metrics.items():
+            p.history.setdefault(key, []).append([epoch, float(value)])
+        p.epoch += 1
+        p.last_epoch_seconds = seconds
+        p.start_epoch()
+        return EpochRecord(
+            epoch, metrics, result is not None, improved, result.samples if result else None
+        )
+
+    def evaluate(self) -> EvalResult:
+        return evaluate(
+            self.model,
+            self.val_loader,
+            self.loss_fn,
+            self.device,
+            amp=self.amp,
+            progress=self.bars,
+        )
+
+    def _update_best(self, metrics: dict[str, float], epoch: int) -> bool:
+        value = metrics.get(self.best_metric, math.nan)
+        if not math.isfinite(value):
+            return (
+                self.progress.best_value is None
+                and self.progress.best_epoch is None
+                and (self._set_best(None, epoch))
+            )
+        best = self.progress.best_value
+        lower = self.best_metric in LOWER_IS_BETTER
+        if best is None or (value < best if lower else value > best):
+            return self._set_best(value, epoch)
+        return False
+
+    def _set_best(self, value: float | None, epoch: int) -> bool:
+        self.progress.best_value, self.progress.best_epoch = value, epoch
+        return True

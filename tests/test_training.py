@@ -1,0 +1,209 @@
+"""The training loop, checkpoints and stop handling, in-process on a small real clip store."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from recseg.config import as_params, build
+from recseg.errors import InputError
+from recseg.training import checkpoint as ckpt
+from recseg.training.config import TrainConfig, changed_params, check_unchanged
+from recseg.training.setup import build_setup
+from recseg.training.stopping import StopRequest, TimeBudget
+from recseg.training.trainer import EpochRecord, Trainer
+from tests.stores import make_store
+
+TIMING = ("epoch_seconds",)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_store(tmp_path_factory.mktemp("train-store"))
+
+
+def config(store: Path, **over: object) -> TrainConfig:
+    values = {
+        "data": str(store), "model": "Deep_mobile_gruV1", "loss": "CrossDice", "epochs": 2,
+        "batch_size": 2, "seq_len": 3, "num_workers": 0, "system_metrics": False,
+    }  # fmt: skip
+    values.update(over)
+    return build(TrainConfig, values)
+
+
+class StopAfter(StopRequest):
+    """A stop request that fires once the trainer has taken ``steps`` steps in total."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps = steps
+        self.trainer: Trainer | None = None
+
+    @property
+    def requested(self) -> bool:  # type: ignore[override]
+        return self.trainer is not None and self.trainer.progress.step >= self.steps
+
+
+def make_trainer(cfg: TrainConfig, stop: StopRequest | None = None) -> Trainer:
+    setup = build_setup(cfg, warn=lambda m: None)
+    trainer = Trainer(
+        setup.model, setup.loss_fn, setup.optimizer, setup.scheduler,
+        setup.train_loader, setup.val_loader, epochs=cfg.epochs, eval_every=cfg.eval_every,
+        best_metric=cfg.best_metric, device=setup.device, amp=False,
+        stop=stop or StopRequest(), budget=TimeBudget(0),
+    )  # fmt: skip
+    if isinstance(stop, StopAfter):
+        stop.trainer = trainer
+    return trainer
+
+
+def fit(trainer: Trainer) -> tuple[bool, list[EpochRecord], list[str]]:
+    records: list[EpochRecord] = []
+    stops: list[str] = []
+    done = trainer.fit(records.append, stops.append)
+    return done, records, stops
+
+
+def deterministic(history: dict) -> dict:
+    return {k: v for k, v in history.items() if k not in TIMING}
+
+
+def test_stopped_and_resumed_training_is_bit_identical(store: Path, tmp_path: Path) -> None:
+    cfg = config(store, epochs=3)
+    whole = make_trainer(cfg)
+    done, records, _ = fit(whole)
+    assert done and [r.epoch for r in records] == [0, 1, 2]
+    steps = whole.progress.step
+    # stop twice mid-epoch (through a checkpoint file each time), then finish
+    state_path = tmp_path / "latest.pt"
+    trainer = make_trainer(cfg, StopAfter(steps // 3))
+    for stop_at in (2 * steps // 3, None):
+        done, _, stops = fit(trainer)
+        assert not done and stops
+        assert 0 < trainer.train_loader.step < len(trainer.train_loader)
+        ckpt.save(state_path, {**trainer.state_dict(), "rng": ckpt.rng_state()})
+        torch.manual_seed(1234)  # whatever the new process does to the RNGs before loading
+        trainer = make_trainer(cfg, StopAfter(stop_at) if stop_at else None)
+        state = ckpt.load(state_path)
+        trainer.load_state_dict(state)
+        ckpt.set_rng_state(state["rng"])
+    done, _, _ = fit(trainer)
+    assert done and trainer.progress.step == steps
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(value, trainer.model.state_dict()[key]), key
+    assert deterministic(trainer.progress.history) == deterministic(whole.progress.history)
+
+
+def test_epoch_metrics_and_best(store: Path) -> None:
+    trainer = make_trainer(config(store, epochs=2, eval_every=0, best_metric="val_loss"))
+    done, records, _ = fit(trainer)
+    assert done and not records[0].evaluated and records[1].evaluated
+    assert set(records[0].metrics) == {
+        "train_loss", "train_miou", "train_fg_iou", "lr", "epoch_seconds"
+    }  # fmt: skip
+    val = records[1].metrics
+    for key in ("val_loss", "val_miou", "val_fg_iou", "val_dice", "val_pixel_accuracy",
+                "val_flicker"):  # fmt: skip
+        assert math.isfinite(val[key]), key
+    assert records[1].improved and trainer.progress.best_epoch == 1
+    assert records[1].samples is not None and records[1].samples.frames.shape[1] == 3
+
+
+def test_the_loss_falls_on_learnable_clips(store: Path) -> None:
+    trainer = make_trainer(config(store, model="Deep+_mobile", epochs=4, lr=1e-3,
+                                  schedule="constant", eval_every=4))  # fmt: skip
+    done, records, _ = fit(trainer)
+    losses = [r.metrics["train_loss"] for r in records]
+    assert done and losses[-1] < 0.8 * losses[0], losses
+
+
+def test_time_budget_stops_before_a_step_that_would_not_fit(store: Path) -> None:
+    trainer = make_trainer(config(store, epochs=2))
+    trainer.budget = TimeBudget(limit=1e-3)  # already spent: one step per process, then stop
+    done, records, stops = fit(trainer)
+    assert not done and stops == ["time limit"] and trainer.progress.step == 1 and not records
+
+
+def test_checkpoint_holds_everything_and_loads_safely(store: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(config(store, epochs=1))
+    fit(trainer)
+    path = tmp_path / "c.pt"
+    size = ckpt.save(path, {**trainer.state_dict(), "rng": ckpt.rng_state(), "run_id": "r"})
+    assert path.stat().st_size == size and not list(tmp_path.glob("*.tmp"))
+    state = torch.load(path, weights_only=True)  # nothing but tensors and plain values
+    assert {"model", "optimizer", "scheduler", "scaler", "progress", "loader", "lanes",
+            "rng"} <= set(state)  # fmt: skip
+    assert state["lanes"] and state["loader"]["epoch"] == 1
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="truncated"):
+        ckpt.load(path)
+
+
+def test_rng_state_round_trip() -> None:
+    import random
+
+    import numpy as np
+
+    state = ckpt.rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    ckpt.set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_atomic_save_survives_sigkill(tmp_path: Path) -> None:
+    """Kill a process while it rewrites a checkpoint over and over: the file always loads."""
+    path = tmp_path / "latest.pt"
+    ckpt.save(path, {"model": {"w": torch.zeros(10)}, "n": -1})
+    code = (
+        "import torch\nfrom recseg.training import checkpoint as c\n"
+        f"p = {str(path)!r}\n"
+        "for n in range(10_000):\n"
+        "    c.save(p, {'model': {'w': torch.full((4_000_000,), float(n))}, 'n': n})\n"
+        "    print(n, flush=True)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for _ in range(3):
+        proc.stdout.readline()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = ckpt.load(path)  # the last complete write, never a partial one
+    assert state["n"] >= 2
+    assert torch.equal(state["model"]["w"], torch.full((4_000_000,), float(state["n"])))
+
+
+def test_signals_only_set_a_flag() -> None:
+    with StopRequest() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.reason == "signal SIGUSR1"
+        os.kill(os.getpid(), signal.SIGTERM)  # the first reason stays
+        assert stop.reason == "signal SIGUSR1"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_params_compare_as_typed_values(store: Path) -> None:
+    cfg = config(store, lr=0.001, weight_decay=1e-4, augment=False)
+    logged = {**as_params(cfg), "lr": "1e-3", "weight_decay": "0.0001", "augment": "false",
+              "epochs": "2", "time_limit": "600", "run_id": "abc", "pretrained": "''",
+              "size": "''"}  # fmt: skip
+    assert changed_params(cfg, logged) == []
+    logged["loss"] = "SoftDice"
+    with pytest.raises(InputError, match="--loss: the run was started with loss=SoftDice"):
+        check_unchanged(cfg, logged)
+
+
+def test_config_rejects_bad_values(store: Path) -> None:
+    for over, needle in (({"epochs": 0}, "--epochs"), ({"model": "nope"}, "--model"),
+                         ({"size": "12"}, "--size"), ({"schedule": "x"}, "--schedule"),
+                         ({"lr": -1.0}, "--lr")):  # fmt: skip
+        with pytest.raises(InputError, match=needle):
+            config(store, **over)
