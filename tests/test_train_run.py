@@ -48,7 +48,8 @@ def train(store: Path, cwd: Path, uri: str, experiment: str, *extra: str):
 
 def start(store: Path, cwd: Path, uri: str, experiment: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(train_cmd(store, experiment, *extra), cwd=cwd, env=env_for(uri),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
 
 
 def wait_for_line(proc: subprocess.Popen, prefix: str) -> list[str]:
@@ -113,10 +114,11 @@ def test_signal_then_time_limit_then_resume_is_the_same_run(
     store: Path, tmp_path: Path, mlflow_server: str, reference
 ) -> None:
     _, ref_hist, ref_weights = reference
-    proc = start(store, tmp_path, mlflow_server, "stopped")
+    # with loader workers, and the signal sent to the whole process group as a grid does
+    proc = start(store, tmp_path, mlflow_server, "stopped", "--num-workers", "2")
     wait_for_line(proc, "epoch 1/")
     time.sleep(0.5)
-    proc.send_signal(signal.SIGUSR1)
+    os.killpg(proc.pid, signal.SIGUSR1)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 99, err[-3000:]
     assert "stopped: signal SIGUSR1" in out
@@ -206,3 +208,13 @@ def test_bad_input(store: Path, tmp_path: Path, mlflow_server: str, reference) -
     one_error_line(train(store, tmp_path, mlflow_server, "bad", "--run-id", rid), "truncated")
     _, run = only_run(mlflow_server, "bad")
     assert run.info.status == "KILLED"  # the bad attempts changed nothing
+
+
+def test_a_crash_ends_the_run_failed_not_finished(tmp_path: Path, mlflow_server: str) -> None:
+    store = make_store(tmp_path / "store")
+    (store / "clips" / "val" / "val1.npz").unlink()  # found missing at the first evaluation
+    result = train(store, tmp_path, mlflow_server, "crash", "--epochs", "1")
+    line = one_error_line(result, "val1.npz")
+    assert "Traceback" not in result.stderr, line
+    _, run = only_run(mlflow_server, "crash")
+    assert run.info.status == "FAILED"

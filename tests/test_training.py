@@ -83,8 +83,8 @@ def test_stopped_and_resumed_training_is_bit_identical(store: Path, tmp_path: Pa
     steps = whole.progress.step
     # stop twice mid-epoch (through a checkpoint file each time), then finish
     state_path = tmp_path / "latest.pt"
-    trainer = make_trainer(cfg, StopAfter(steps // 3))
-    for stop_at in (2 * steps // 3, None):
+    trainer = make_trainer(cfg, StopAfter(steps // 3 + 1))
+    for stop_at in (2 * steps // 3 + 1, None):
         done, _, stops = fit(trainer)
         assert not done and stops
         assert 0 < trainer.train_loader.step < len(trainer.train_loader)

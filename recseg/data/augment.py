@@ -136,3 +136,18 @@ def describe(params: AugmentParams) -> str:
         f"flip={params.flip} scale={scale:.2f} brightness={params.brightness:.2f} "
         f"contrast={params.contrast:.2f} saturation={params.saturation:.2f} hue={params.hue:+.3f}"
     )
+
+
+def resize_window(
+    frames: np.ndarray, labels: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frames ``(n, H, W, 3)`` and labels ``(n, H, W)`` resized to ``size = (h, w)``: frames with
+    ``INTER_AREA`` when no side grows, else ``INTER_LINEAR``; labels with ``INTER_NEAREST``."""
+    (h, w), (old_h, old_w) = size, frames.shape[1:3]
+    if (h, w) == (old_h, old_w):
+        return frames, labels
+    mode = cv2.INTER_AREA if h <= old_h and w <= old_w else cv2.INTER_LINEAR
+    out_f = [cv2.resize(np.ascontiguousarray(f), (w, h), interpolation=mode) for f in frames]
+    nearest = cv2.INTER_NEAREST
+    out_l = [cv2.resize(np.ascontiguousarray(x), (w, h), interpolation=nearest) for x in labels]
+    return np.stack(out_f), np.stack(out_l)

@@ -30,6 +30,7 @@ import dataclasses
 import heapq
 import multiprocessing
 import numbers
+import signal
 from collections.abc import Iterator, Sequence
 from multiprocessing.context import BaseContext
 from pathlib import Path
@@ -161,21 +162,6 @@ class LaneSampler:
         return [tuple(row) for row in grid]
 
 
-def resize_window(
-    frames: np.ndarray, labels: np.ndarray, size: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Frames ``(n, H, W, 3)`` and labels ``(n, H, W)`` resized to ``size = (h, w)``: frames with
-    ``INTER_AREA`` when no side grows, else ``INTER_LINEAR``; labels with ``INTER_NEAREST``."""
-    (h, w), (old_h, old_w) = size, frames.shape[1:3]
-    if (h, w) == (old_h, old_w):
-        return frames, labels
-    mode = cv2.INTER_AREA if h <= old_h and w <= old_w else cv2.INTER_LINEAR
-    out_f = [cv2.resize(np.ascontiguousarray(f), (w, h), interpolation=mode) for f in frames]
-    nearest = cv2.INTER_NEAREST
-    out_l = [cv2.resize(np.ascontiguousarray(x), (w, h), interpolation=nearest) for x in labels]
-    return np.stack(out_f), np.stack(out_l)
-
-
 class WindowDataset(Dataset[dict[str, Any]]):
     """Reads a ``Plan`` into a batch; keeps the last few clip files open (per worker).
 
@@ -223,7 +209,7 @@ class WindowDataset(Dataset[dict[str, Any]]):
         if len(frames) != win.length:
             raise InputError(f"{clip.path}: has {len(clip)} frames, fewer than the store says")
         frames, labels = aug.apply(frames, labels, win.augment)
-        return resize_window(frames, labels, self.size)
+        return aug.resize_window(frames, labels, self.size)
 
     def __getitem__(self, plan: Plan) -> dict[str, Any]:
         b, t, (h, w) = len(plan), self.seq_len, self.size
@@ -250,6 +236,10 @@ class WindowDataset(Dataset[dict[str, Any]]):
 def _init_worker(_: int) -> None:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+    # A grid job's stop signals go to the whole process group; only the training process acts
+    # on them (checkpoint at the next step), so the workers keep loading until it is done.
+    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _worker_context() -> BaseContext:

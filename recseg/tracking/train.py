@@ -3,12 +3,16 @@ step once (batched), upload checkpoints and artifacts, keep the liveness tags cu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import socket
 import tempfile
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -153,5 +157,56 @@ class TrainRun:
         except (MlflowException, OSError):
             return None
 
+    def start_heartbeat(self, every: float = 300.0) -> None:
+        """Refresh the heartbeat tag every ``every`` seconds from a daemon thread, so a long
+        epoch does not look like a dead job to ``recseg runs`` on another machine."""
+        self._beating = threading.Event()
+
+        def beat() -> None:
+            while not self._beating.wait(every):
+                with contextlib.suppress(Exception):  # a server outage must not stop training
+                    self.set_tags({T.HEARTBEAT: f"{time.time():.0f}"})
+
+        threading.Thread(target=beat, name="recseg-heartbeat", daemon=True).start()
+
     def end(self, status: str) -> None:
+        if getattr(self, "_beating", None) is not None:
+            self._beating.set()
         mlflow.end_run(status=status)
+
+
+class Uploader:
+    """Uploads checkpoint files from a background thread, so the next epoch does not wait for
+    the network; the tags saying which checkpoint the artifacts hold are set after the files
+    arrived. One upload at a time: ``submit`` and ``wait`` first finish the previous one."""
+
+    def __init__(self, run: TrainRun, warn: Callable[[str], None]) -> None:
+        self.run, self.warn = run, warn
+        self.seconds = 0.0  # how long the last upload took
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recseg-upload")
+        self._pending: Future | None = None
+
+    def submit(self, paths: list[Path], tags: dict[str, Any]) -> None:
+        self.wait()
+        self._pending = self._pool.submit(self._upload, list(paths), dict(tags))
+
+    def _upload(self, paths: list[Path], tags: dict[str, Any]) -> None:
+        start = time.perf_counter()
+        for path in paths:
+            self.run.upload(path, "checkpoints")
+        self.run.set_tags(tags)
+        self.seconds = time.perf_counter() - start
+
+    def wait(self) -> None:
+        """Finish the running upload; a failure is reported, the local checkpoint stays."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            pending.result()
+        except Exception as exc:
+            self.warn(f"could not upload the checkpoint to the run's artifacts: {exc}")
+
+    def close(self) -> None:
+        self.wait()
+        self._pool.shutdown()

@@ -188,7 +188,8 @@ class TrainConfig:
         ),
     )
     experiment: str = dataclasses.field(
-        default="train", metadata=option("MLflow experiment of a new run.")
+        default="train",
+        metadata=option("MLflow experiment (a run resumed with --run-id must belong to it)."),
     )
 
     @property

@@ -74,13 +74,16 @@ def start_tracking(job: Job, existing: Run | None, state: dict[str, Any] | None)
     from recseg.tracking.preprocess import store_dataset
 
     cfg = job.cfg
-    run = job.run = TrainRun.start(cfg, existing)
+    job.attach(TrainRun.start(cfg, existing))
+    run = job.run
+    assert run is not None
     params = as_params(cfg)
     if existing is not None:
         params = {k: v for k, v in params.items() if k not in JOB_OPTIONS}
     run.log_params({**params, **job.setup.resolved})
     run.set_tags(_tags(job))
     run.alive()
+    run.start_heartbeat()
     info = system_info(job.setup.device)
     run.log_json(info, f"system/{info['hostname']}-{int(time.time())}.json")
     if existing is None or T.KIND not in existing.data.tags:  # new (maybe from `mlflow run`)
@@ -113,8 +116,9 @@ def finish(job: Job) -> None:
     """Log the best weights as the run's pyfunc model and end the run FINISHED."""
     from recseg.tracking.pyfunc import log_clip_model
 
-    run = job.run
-    assert run is not None
+    run, uploads = job.run, job.uploads
+    assert run is not None and uploads is not None
+    uploads.close()
     best = job.folder / run.run_id / ckpt.BEST
     model = job.setup.model
     if best.exists():

@@ -10,12 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import mlflow
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from recseg.config import as_params
 from recseg.errors import EXIT_OK, EXIT_REQUEUE, InputError
 from recseg.tracking import tags as T
-from recseg.tracking.train import TrainRun, find_run
+from recseg.tracking.train import TrainRun, Uploader, find_run
 from recseg.training import checkpoint as ckpt
 from recseg.training.config import TrainConfig
 from recseg.training.setup import Setup, build_setup
@@ -53,7 +55,13 @@ class Job:
     def __init__(self, cfg: TrainConfig, setup: Setup, trainer: Trainer, echo: Echo) -> None:
         self.cfg, self.setup, self.trainer, self.echo = cfg, setup, trainer, echo
         self.run: TrainRun | None = None
+        self.uploads: Uploader | None = None
         self.folder = Path(cfg.checkpoint_dir)
+
+    def attach(self, run: TrainRun) -> None:
+        """Use ``run`` from now on (uploads go through a background thread)."""
+        self.run = run
+        self.uploads = Uploader(run, warn=lambda m: self.echo(f"warning: {m}"))
 
     @property
     def run_id(self) -> str:
@@ -101,21 +109,22 @@ class Job:
         return {T.CHECKPOINT_EPOCH: p.epoch, T.CHECKPOINT_STEP: p.step}
 
     def on_epoch_end(self, record: EpochRecord) -> None:
-        """Checkpoint locally, log the epoch's metrics and artifacts, upload the checkpoints."""
+        """Checkpoint locally, log the epoch's metrics and pictures in the foreground; upload
+        the checkpoints in the background (the next epoch does not wait for the network)."""
         start = time.perf_counter()
-        latest = self.save_latest()
-        best = self.save_best(record) if record.improved else None
-        run = self.run
-        assert run is not None
+        run, uploads = self.run, self.uploads
+        assert run is not None and uploads is not None
+        uploads.wait()  # the files it reads are about to be replaced
+        paths = [self.save_latest()]
+        if record.improved:
+            paths.append(self.save_best(record))
         run.log_metrics(record.metrics, step=record.epoch)
         self.log_pictures(record)
-        run.upload(latest, "checkpoints")
-        if best is not None:
-            run.upload(best, "checkpoints")
+        uploads.submit(paths, self.checkpoint_tags())
         seconds = time.perf_counter() - start
-        self.trainer.budget.checkpoint_seconds = seconds
+        self.trainer.budget.checkpoint_seconds = seconds + uploads.seconds
         run.log_metrics({"overhead_seconds": seconds}, step=record.epoch)
-        run.alive(**self.checkpoint_tags())
+        run.alive()
         self.echo(_epoch_line(record, self.cfg.epochs, seconds))
 
     def log_pictures(self, record: EpochRecord) -> None:
@@ -133,9 +142,10 @@ class Job:
 
     def on_stop(self, reason: str) -> None:
         """Checkpoint where the loop stands and mark the run as stopped."""
-        path = self.save_latest()
-        assert self.run is not None
-        self.run.upload(path, "checkpoints")
+        assert self.run is not None and self.uploads is not None
+        self.uploads.wait()
+        self.uploads.submit([self.save_latest()], self.checkpoint_tags())
+        self.uploads.close()
         p = self.trainer.progress
         where = f"epoch {p.epoch + 1}, step {self.trainer.train_loader.step}"
         self.run.alive(**self.checkpoint_tags(), **{T.STOPPED: f"{reason} ({where})"})
@@ -188,9 +198,9 @@ def train(cfg: TrainConfig, echo: Echo = print, stop: StopRequest | None = None)
 
     ``stop`` is an installed :class:`StopRequest` (the command installs one before the heavy
     imports, so a signal that comes early is not lost); by default one is made here."""
-    from recseg.training.finish import already_done, finish, start_tracking
-
     existing = find_run(cfg, MlflowClient())
+    from recseg.training.finish import already_done
+
     if existing is not None and already_done(existing, echo):
         return EXIT_OK
     setup = build_setup(cfg, warn=lambda m: echo(f"warning: {m}"))
@@ -201,21 +211,34 @@ def train(cfg: TrainConfig, echo: Echo = print, stop: StopRequest | None = None)
     if existing is not None:
         tag = int(existing.data.tags.get(T.CHECKPOINT_STEP, -1))
         state = _newest_checkpoint(cfg, existing.info.run_id, tag)
+        if state is not None:  # before the run is touched: a mismatch is the user's to fix
+            trainer.load_state_dict(state)
     job = Job(cfg, setup, trainer, echo)
     if own:
         stop.install()
     try:
-        start_tracking(job, existing, state)
-        job.clean_temp_files()
-        if state is not None:
-            trainer.load_state_dict(state)
-            ckpt.set_rng_state(state["rng"])
-        done = trainer.fit(job.on_epoch_end, job.on_stop)
+        return _run(job, existing, state)
     finally:
         if own:
             stop.restore()
-    if not done:
-        job.run.end("KILLED")
-        return EXIT_REQUEUE
-    finish(job)
-    return EXIT_OK
+
+
+def _run(job: Job, existing: Run | None, state: dict[str, Any] | None) -> int:
+    """Track, train and finish; a crash ends the run FAILED (KILLED for Ctrl-C), not FINISHED
+    as MLflow's exit handler would."""
+    from recseg.training.finish import finish, start_tracking
+
+    try:
+        start_tracking(job, existing, state)
+        job.clean_temp_files()
+        if state is not None:
+            ckpt.set_rng_state(state["rng"])
+        if not job.trainer.fit(job.on_epoch_end, job.on_stop):
+            job.run.end("KILLED")
+            return EXIT_REQUEUE
+        finish(job)
+        return EXIT_OK
+    except BaseException as exc:
+        if job.run is not None and mlflow.active_run() is not None:
+            job.run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise

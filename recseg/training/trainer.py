@@ -133,9 +133,13 @@ class Trainer:
         self, on_epoch_end: Callable[[EpochRecord], None], on_stop: Callable[[str], None]
     ) -> bool:
         """Train until the last epoch (True) or a stop request (False, after ``on_stop``)."""
+        p = self.progress
         steps_this_process = 0
         while not self.finished:
-            if steps_this_process and not self.budget.epoch_fits(self._next_epoch_seconds()):
+            if self.stop.requested:  # came during the last evaluation or logging
+                on_stop(self.stop.reason or "stop requested")
+                return False
+            if steps_this_process and not self.budget.epoch_fits(p.last_epoch_seconds):
                 on_stop("time limit")
                 return False
             done, taken = self._train_epoch()
@@ -145,12 +149,6 @@ class Trainer:
                 return False
             on_epoch_end(self._end_epoch())
         return True
-
-    def _next_epoch_seconds(self) -> float | None:
-        p = self.progress
-        if p.last_epoch_seconds is not None:
-            return p.last_epoch_seconds
-        return None
 
     def _should_stop(self, taken: int) -> bool:
         if self.stop.requested:
