@@ -14,7 +14,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 .PHONY: help install test lint format demo mlproject lock clean
 
 help:
-	@echo "make demo       install, then make demo footage, preprocess it (MLflow run), check a model"
+	@echo "make demo       install, then make demo footage, preprocess it, train a recurrent model (MLflow runs)"
 	@echo "make test       install, then lint (ruff) and run the test suite (pytest)"
 	@echo "make lint       ruff check + format check"
 	@echo "make mlproject  regenerate MLproject from the typed configs"
@@ -42,6 +42,10 @@ demo: $(STAMP)
 	@echo "demo: clip store in demo/store (samples: demo/store/samples.png); run in ./mlflow.db"
 	$(BIN)/recseg models --details
 	$(BIN)/recseg describe --model Deep_mobile_gruV3 --size 270x512 --seq-len 4
+	$(BIN)/recseg train --data demo/store --model Deep_mobile_gruV3 --loss CrossDice --epochs 2 \
+	    --size 135x256 --batch-size 2 --checkpoint-dir demo/checkpoints --experiment demo
+	$(BIN)/recseg runs --experiment demo
+	@echo "demo: done; see the runs with: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -52,14 +52,13 @@ def on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def experiment(mlflow_server: str) -> Iterator[str]:
     """A fresh experiment on the test server, which is the tracking URI meanwhile."""
-    previous = mlflow.get_tracking_uri()
     with pytest.MonkeyPatch.context() as mp:  # set_tracking_uri also sets MLFLOW_TRACKING_URI
         mp.setenv("MLFLOW_TRACKING_URI", mlflow_server)
         mlflow.set_tracking_uri(mlflow_server)
         try:
             yield mlflow.create_experiment(f"pyfunc-{uuid.uuid4().hex[:8]}")
         finally:
-            mlflow.set_tracking_uri(previous)
+            mlflow.set_tracking_uri(None)  # back to MLFLOW_TRACKING_URI / MLflow's default
 
 
 def _log(

@@ -218,3 +218,24 @@ def test_a_crash_ends_the_run_failed_not_finished(tmp_path: Path, mlflow_server:
     assert "Traceback" not in result.stderr, line
     _, run = only_run(mlflow_server, "crash")
     assert run.info.status == "FAILED"
+
+
+def test_another_machine_resumes_from_the_artifact(
+    store: Path, tmp_path: Path, mlflow_server: str, reference
+) -> None:
+    """No local checkpoint (another node, another --checkpoint-dir): the run's artifact
+    holds the complete state."""
+    _, ref_hist, ref_weights = reference
+    first, second = tmp_path / "node1", tmp_path / "node2"
+    first.mkdir(), second.mkdir()
+    stopped = train(store, first, mlflow_server, "moved", "--time-limit", "1")
+    assert stopped.returncode == 99, stopped.stderr[-2000:]
+    _, run = only_run(mlflow_server, "moved")
+    result = train(store, second, mlflow_server, "moved", "--run-id", run.info.run_id)
+    assert result.returncode == 0, result.stderr[-2000:]
+    client, run = only_run(mlflow_server, "moved")
+    hist = histories(client, run.info.run_id)
+    assert_each_step_once(hist)
+    same_history(ref_hist, hist)
+    final = weights(second, run.info.run_id)
+    assert all(torch.equal(final[k], v) for k, v in ref_weights.items())

@@ -37,16 +37,20 @@ def _newest_checkpoint(cfg: TrainConfig, run_id: str, tag_step: int) -> dict[str
         return payload
     if tag_step < 0:
         return payload
-    import mlflow
-
+    artifact = f"checkpoints/{ckpt.LATEST}"
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=f"checkpoints/{ckpt.LATEST}", dst_path=tmp
+                run_id=run_id, artifact_path=artifact, dst_path=tmp
             )
         except Exception:  # the tag was set but the upload is gone: fall back to local
             return payload
-        return ckpt.load(path)
+        try:
+            return ckpt.load(path)
+        except InputError:
+            raise InputError(
+                f"the run's artifact {artifact} is truncated or not a recseg checkpoint"
+            ) from None
 
 
 class Job:
