@@ -16,9 +16,8 @@ from recseg.config import accepts, at_least, fields, flag, one_of, option, parse
 from recseg.errors import InputError
 from recseg.models.registry import model_spec
 from recseg.training.losses import build_loss
+from recseg.training.optim import OPTIMIZERS, SCHEDULES
 
-OPTIMIZER_NAMES = ("adamw", "adam", "sgd")
-SCHEDULE_NAMES = ("cyclic", "onecycle", "poly", "constant")
 # Val metrics a best checkpoint can be chosen by; lower is better for the ones in LOWER_IS_BETTER.
 BEST_METRICS = (
     "val_fg_iou",
@@ -92,14 +91,14 @@ class TrainConfig:
         ),
     )
     optimizer: str = dataclasses.field(
-        default="adamw", metadata=option("Optimiser.", check=one_of(*OPTIMIZER_NAMES))
+        default="adamw", metadata=option("Optimiser.", check=one_of(*OPTIMIZERS))
     )
     schedule: str = dataclasses.field(
         default="cyclic",
         metadata=option(
             "LR schedule, stepped every step: cyclic (the thesis's triangular2), onecycle, "
             "poly or constant.",
-            check=one_of(*SCHEDULE_NAMES),
+            check=one_of(*SCHEDULES),
         ),
     )
     cycle_epochs: float = dataclasses.field(
