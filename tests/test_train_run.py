@@ -32,16 +32,17 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_store(tmp_path_factory.mktemp("run-store"))
 
 
-def train_cmd(store: Path, experiment: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "recseg", "train", "--data", str(store), *ARGS,
-            "--experiment", experiment, *extra]  # fmt: skip
+def train_cmd(store: Path, experiment: str | None, *extra: str) -> list[str]:
+    named = ("--experiment", experiment) if experiment else ()
+    return [sys.executable, "-m", "recseg", "train", "--data", str(store), *ARGS, *named,
+            *extra]  # fmt: skip
 
 
 def env_for(uri: str) -> dict[str, str]:
     return {**os.environ, "MLFLOW_TRACKING_URI": uri}
 
 
-def train(store: Path, cwd: Path, uri: str, experiment: str, *extra: str):
+def train(store: Path, cwd: Path, uri: str, experiment: str | None, *extra: str):
     return subprocess.run(train_cmd(store, experiment, *extra), cwd=cwd, env=env_for(uri),
                           capture_output=True, text=True, timeout=600)  # fmt: skip
 
@@ -224,14 +225,14 @@ def test_another_machine_resumes_from_the_artifact(
     store: Path, tmp_path: Path, mlflow_server: str, reference
 ) -> None:
     """No local checkpoint (another node, another --checkpoint-dir): the run's artifact
-    holds the complete state."""
+    holds the complete state. Without --experiment the run's own experiment is used."""
     _, ref_hist, ref_weights = reference
     first, second = tmp_path / "node1", tmp_path / "node2"
     first.mkdir(), second.mkdir()
     stopped = train(store, first, mlflow_server, "moved", "--time-limit", "1")
     assert stopped.returncode == 99, stopped.stderr[-2000:]
     _, run = only_run(mlflow_server, "moved")
-    result = train(store, second, mlflow_server, "moved", "--run-id", run.info.run_id)
+    result = train(store, second, mlflow_server, None, "--run-id", run.info.run_id)
     assert result.returncode == 0, result.stderr[-2000:]
     client, run = only_run(mlflow_server, "moved")
     hist = histories(client, run.info.run_id)

@@ -51,9 +51,9 @@ def find_run(cfg: TrainConfig, client: MlflowClient) -> Run | None:
     kind = run.data.tags.get(T.KIND)
     if kind not in (None, "train"):
         raise InputError(f"--run-id: run {run_id} is a {kind} run, not a training run")
-    if cfg.run_id:  # given by the user: it must belong to the experiment named
+    if cfg.run_id:  # given by the user: it must belong to the experiment named, if one is
         name = client.get_experiment(run.info.experiment_id).name
-        if name != cfg.experiment:
+        if cfg.experiment and name != cfg.experiment:
             raise InputError(
                 f"--run-id: run {run_id} belongs to experiment '{name}', not "
                 f"'{cfg.experiment}' (pass --experiment '{name}')"
@@ -87,7 +87,7 @@ class TrainRun:
         quiet_mlflow()
         client = MlflowClient()
         if existing is None:
-            mlflow.set_experiment(cfg.experiment)
+            mlflow.set_experiment(cfg.experiment_name)
             run = mlflow.start_run(
                 run_name=f"{cfg.model}-{cfg.loss}", log_system_metrics=cfg.system_metrics
             )

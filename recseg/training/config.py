@@ -30,6 +30,7 @@ BEST_METRICS = (
 )
 LOWER_IS_BETTER = ("val_loss", "val_flicker")
 # Options of the job rather than the run: not compared (nor re-logged) when a run resumes.
+DEFAULT_EXPERIMENT = "train"
 JOB_OPTIONS = ("run_id", "time_limit", "num_workers", "experiment", "checkpoint_dir", "device")
 
 
@@ -187,9 +188,17 @@ class TrainConfig:
         ),
     )
     experiment: str = dataclasses.field(
-        default="train",
-        metadata=option("MLflow experiment (a run resumed with --run-id must belong to it)."),
+        default="",
+        metadata=option(
+            "MLflow experiment of a new run (default: train); with --run-id, when given, the "
+            "run must belong to it."
+        ),
     )
+
+    @property
+    def experiment_name(self) -> str:
+        """The experiment of a new run."""
+        return self.experiment or DEFAULT_EXPERIMENT
 
     @property
     def frame_size(self) -> tuple[int, int] | None:

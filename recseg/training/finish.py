@@ -77,7 +77,7 @@ def start_tracking(job: Job, existing: Run | None, state: dict[str, Any] | None)
     job.attach(TrainRun.start(cfg, existing))
     run = job.run
     assert run is not None
-    params = as_params(cfg)
+    params = {**as_params(cfg), "experiment": cfg.experiment_name}
     if existing is not None:
         params = {k: v for k, v in params.items() if k not in JOB_OPTIONS}
     run.log_params({**params, **job.setup.resolved})
