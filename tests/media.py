@@ -58,3 +58,14 @@ def run_recseg(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Com
         cwd=cwd,
         env={**os.environ, **(env or {})},
     )
+
+
+def one_error_line(result: subprocess.CompletedProcess, *needles: str) -> str:
+    """Assert exit code 2 and a single ``recseg: error:`` line on stderr holding ``needles``."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("recseg: error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]

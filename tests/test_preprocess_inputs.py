@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from recseg.data.store import ClipStore, read_clip
-from tests.media import run_recseg, write_backgrounds, write_video
+from tests.media import one_error_line, run_recseg, write_backgrounds, write_video
 
 ARGS = ("--clip-seconds", "1", "--fps", "10", "--size", "64x96")
 
@@ -51,16 +51,6 @@ def run_pre(tmp_path: Path, videos: Path, backgrounds: Path, *extra: str):
         "--out", str(out), *ARGS, *extra, cwd=tmp_path,
     )  # fmt: skip
     return result, out
-
-
-def one_error_line(result: subprocess.CompletedProcess, *needles: str) -> str:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("recseg: error: ")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def clip_files(out: Path) -> list[Path]:

@@ -17,7 +17,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from recseg.training import checkpoint as ckpt
-from tests.media import run_recseg
+from tests.media import one_error_line, run_recseg
 from tests.stores import make_store
 
 EPOCHS = 3
@@ -170,16 +170,6 @@ def test_sigkill_then_resume_completes_from_the_last_checkpoint(
     final = weights(tmp_path, run_id)
     assert all(torch.equal(final[k], v) for k, v in ref_weights.items())
     assert not list((tmp_path / "checkpoints" / run_id).glob("*.tmp"))
-
-
-def one_error_line(result: subprocess.CompletedProcess, *needles: str) -> str:
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("recseg: error: ")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def test_bad_input(store: Path, tmp_path: Path, mlflow_server: str, reference) -> None:
