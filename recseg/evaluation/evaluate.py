@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 
 import torch
 from torch import nn
@@ -18,17 +19,9 @@ from recseg.data.loader import TemporalLoader
 from recseg.evaluation.metrics import SegmentationMetrics
 from recseg.models.state import State
 
-# compute() key -> logged name (without the split prefix)
-METRIC_NAMES = {
-    "miou": "miou",
-    "fg_iou": "fg_iou",
-    "bg_iou": "bg_iou",
-    "dice": "dice",
-    "fg_dice": "fg_dice",
-    "pixel_accuracy": "pixel_accuracy",
-    "per_class_accuracy": "per_class_accuracy",
-    "flicker": "flicker",
-}
+# the split-level metrics an evaluation reports (besides "loss")
+METRICS = ("miou", "fg_iou", "bg_iou", "dice", "fg_dice", "pixel_accuracy",
+           "per_class_accuracy", "flicker", "frames")  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -86,8 +79,6 @@ def evaluate(
 
     Leaves the model in eval mode; the caller switches back to training.
     """
-    import time
-
     start = time.perf_counter()
     model.eval()
     loader.set_epoch(0)
@@ -107,7 +98,6 @@ def evaluate(
         metrics.update(logits.argmax(2), labels, reset)
         if picked is None and samples:
             picked = _pick_samples(batch, logits, samples)
-    result = {METRIC_NAMES[k]: v for k, v in metrics.compute().items() if k in METRIC_NAMES}
+    result = {k: v for k, v in metrics.compute().items() if k in METRICS}
     result["loss"] = loss_sum / frames_seen if frames_seen else float("nan")
-    result["frames"] = float(frames_seen)
     return EvalResult(result, picked, time.perf_counter() - start)

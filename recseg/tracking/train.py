@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.entities import Metric, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from recseg.errors import InputError
 from recseg.tracking import tags as T
-from recseg.tracking.runs import quiet_mlflow
+from recseg.tracking.runs import log_new_params, quiet_mlflow
 from recseg.training.config import TrainConfig, check_unchanged
 
 MAX_BATCH = 200  # MLflow accepts up to 1000 metrics per log_batch call; stay well below
@@ -98,10 +98,7 @@ class TrainRun:
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Log the params the run does not have yet (``mlflow run`` logs its own first)."""
-        have = self.client.get_run(self.run_id).data.params
-        new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in have]
-        for i in range(0, len(new), 100):
-            self.client.log_batch(self.run_id, params=new[i : i + 100], synchronous=True)
+        log_new_params({k: str(v) for k, v in params.items()})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> int:
         """Log finite metrics at ``step`` in one batch, skipping steps already logged."""
@@ -145,17 +142,6 @@ class TrainRun:
 
     def log_json(self, data: Any, artifact_file: str) -> None:
         self.log_bytes(json.dumps(data, indent=2, default=str).encode(), artifact_file)
-
-    def download(self, artifact: str, folder: Path) -> Path | None:
-        """Download an artifact of the run into ``folder``; None when it does not exist."""
-        try:
-            return Path(
-                mlflow.artifacts.download_artifacts(
-                    run_id=self.run_id, artifact_path=artifact, dst_path=str(folder)
-                )
-            )
-        except (MlflowException, OSError):
-            return None
 
     def start_heartbeat(self, every: float = 300.0) -> None:
         """Refresh the heartbeat tag every ``every`` seconds from a daemon thread, so a long

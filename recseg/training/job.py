@@ -20,6 +20,7 @@ from recseg.tracking import tags as T
 from recseg.tracking.train import TrainRun, Uploader, find_run
 from recseg.training import checkpoint as ckpt
 from recseg.training.config import TrainConfig
+from recseg.training.finish import already_done, finish, start_tracking
 from recseg.training.setup import Setup, build_setup
 from recseg.training.stopping import StopRequest, TimeBudget
 from recseg.training.trainer import EpochRecord, Trainer
@@ -203,8 +204,6 @@ def train(cfg: TrainConfig, echo: Echo = print, stop: StopRequest | None = None)
     ``stop`` is an installed :class:`StopRequest` (the command installs one before the heavy
     imports, so a signal that comes early is not lost); by default one is made here."""
     existing = find_run(cfg, MlflowClient())
-    from recseg.training.finish import already_done
-
     if existing is not None and already_done(existing, echo):
         return EXIT_OK
     setup = build_setup(cfg, warn=lambda m: echo(f"warning: {m}"))
@@ -230,8 +229,6 @@ def train(cfg: TrainConfig, echo: Echo = print, stop: StopRequest | None = None)
 def _run(job: Job, existing: Run | None, state: dict[str, Any] | None) -> int:
     """Track, train and finish; a crash ends the run FAILED (KILLED for Ctrl-C), not FINISHED
     as MLflow's exit handler would."""
-    from recseg.training.finish import finish, start_tracking
-
     try:
         start_tracking(job, existing, state)
         job.clean_temp_files()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recseg.data.loader import TemporalLoader, make_loader
+from recseg.data.loader import TemporalLoader, clip_windows, make_loader
 from recseg.data.store import MANIFEST, ClipStore
 from recseg.errors import InputError
 from recseg.models.deeplab import RecurrentDeepLab, count_parameters
@@ -67,7 +67,7 @@ def seed_everything(seed: int) -> None:
 
 
 def _lanes(cfg: TrainConfig, store: ClipStore, warn: Callable[[str], None]) -> int:
-    usable = sum(1 for r in store.clips("train") if r.frames >= cfg.seq_len)
+    usable = sum(1 for r in store.clips("train") if clip_windows(r.frames, cfg.seq_len, True))
     if 0 < usable < cfg.batch_size:
         warn(
             f"the train split has {usable} clips of at least --seq-len {cfg.seq_len} frames; "

@@ -250,19 +250,16 @@ class Trainer:
         )
 
     def _update_best(self, metrics: dict[str, float], epoch: int) -> bool:
+        """Record ``epoch`` as the best if its metric beats the best so far. An undefined (NaN)
+        metric counts only while no epoch is best yet, so there is always a best checkpoint."""
+        p = self.progress
         value = metrics.get(self.best_metric, math.nan)
         if not math.isfinite(value):
-            return (
-                self.progress.best_value is None
-                and self.progress.best_epoch is None
-                and (self._set_best(None, epoch))
-            )
-        best = self.progress.best_value
-        lower = self.best_metric in LOWER_IS_BETTER
-        if best is None or (value < best if lower else value > best):
-            return self._set_best(value, epoch)
-        return False
-
-    def _set_best(self, value: float | None, epoch: int) -> bool:
-        self.progress.best_value, self.progress.best_epoch = value, epoch
-        return True
+            improved, value = p.best_epoch is None, None
+        else:
+            lower = self.best_metric in LOWER_IS_BETTER
+            best = p.best_value
+            improved = best is None or (value < best if lower else value > best)
+        if improved:
+            p.best_value, p.best_epoch = value, epoch
+        return improved
