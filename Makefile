@@ -14,7 +14,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 .PHONY: help install test lint format demo mlproject lock clean
 
 help:
-	@echo "make demo       install, then make demo footage, preprocess it, train a recurrent model (MLflow runs)"
+	@echo "make demo       install, then demo footage -> clip store -> train 2 models -> evaluate -> promote -> segment"
 	@echo "make test       install, then lint (ruff) and run the test suite (pytest)"
 	@echo "make lint       ruff check + format check"
 	@echo "make mlproject  regenerate MLproject from the typed configs"
@@ -42,10 +42,19 @@ demo: $(STAMP)
 	@echo "demo: clip store in demo/store (samples: demo/store/samples.png); run in ./mlflow.db"
 	$(BIN)/recseg models --details
 	$(BIN)/recseg describe --model Deep_mobile_gruV3 --size 270x512 --seq-len 4
-	$(BIN)/recseg train --data demo/store --model Deep_mobile_gruV3 --loss CrossDice --epochs 2 \
-	    --size 135x256 --batch-size 2 --checkpoint-dir demo/checkpoints --experiment demo
+	for model in Deep+_mobile Deep_mobile_gruV3; do \
+	    $(BIN)/recseg train --data demo/store --model $$model --loss CrossDice --epochs 2 \
+	        --size 135x256 --batch-size 2 --checkpoint-dir demo/checkpoints --experiment demo \
+	        || exit $$?; \
+	done
 	$(BIN)/recseg runs --experiment demo
-	@echo "demo: done; see the runs with: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	$(BIN)/recseg evaluate --data demo/store --experiment demo
+	$(BIN)/recseg promote --experiment demo
+	$(BIN)/recseg segment demo/footage/videos/person-05.mp4 -o demo/segmented.mp4 \
+	    --model models:/recseg-demo@champion \
+	    --background "$$(ls demo/footage/backgrounds/*.jpg | head -n 1)"
+	@echo "demo: done; demo/segmented.mp4 is a footage video composited by the champion model"
+	@echo "demo: see the runs with: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

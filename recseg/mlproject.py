@@ -8,13 +8,17 @@ import yaml
 
 from recseg.config import mlproject_command, mlproject_parameters
 from recseg.data.preprocess import PreprocessConfig
+from recseg.evaluation.config import EvaluateConfig
 from recseg.models.summary import DescribeConfig
 from recseg.training.config import TrainConfig
+from recseg.training.lr_find import LrFindConfig
 
 # entry point name -> (module run with ``python -m``, config class)
 ENTRY_POINTS: dict[str, tuple[str, type]] = {
     "preprocess": ("entrypoints.preprocess", PreprocessConfig),
     "train": ("entrypoints.train", TrainConfig),
+    "lr_find": ("entrypoints.lr_find", LrFindConfig),
+    "evaluate": ("entrypoints.evaluate", EvaluateConfig),
     "describe": ("entrypoints.describe", DescribeConfig),
 }
 

@@ -29,6 +29,13 @@ def _deterministic() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _no_experiment_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mlflow.set_experiment`` exports MLFLOW_EXPERIMENT_ID; an in-process run in one test
+    must not pick the experiment of a later test's subprocess (``mlflow run`` refuses both)."""
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     """A real ``mlflow server`` on 127.0.0.1 (sqlite backend, local artifacts); yields its URI."""

@@ -19,6 +19,11 @@ COMMANDS = {
     "preprocess": "recseg.cli.preprocess:preprocess_cmd",
     "train": "recseg.cli.train:train_cmd",
     "runs": "recseg.cli.runs:runs_cmd",
+    "lr-find": "recseg.cli.lr_find:lr_find_cmd",
+    "evaluate": "recseg.cli.evaluate:evaluate_cmd",
+    "promote": "recseg.cli.promote:promote_cmd",
+    "segment": "recseg.cli.segment:segment_cmd",
+    "export": "recseg.cli.export:export_cmd",
 }
 
 

@@ -19,7 +19,8 @@ class RecurrentUnit(nn.Module):
     earlier outputs (zeros at a clip start); the cell state also carries over.
 
     The state is a dict of ``(B, C, H, W)`` tensors; zeros are created lazily at the input's
-    size, so any resolution works.
+    size, so any resolution works. A state tensor of shape ``(1, 1, 1, 1)`` (or ``(B, 1, 1, 1)``)
+    is broadcast to the full shape: exported programs take zeros of that shape on a first frame.
     """
 
     def __init__(
@@ -51,12 +52,17 @@ class RecurrentUnit(nn.Module):
             )
         expected = (x.shape[0], self.hidden_channels, *x.shape[-2:])
         for name in self.state_names:
-            if tuple(state[name].shape) != expected:
+            if not _fits(tuple(state[name].shape), expected):
                 raise ValueError(
                     f"recurrent state '{name}' has shape {tuple(state[name].shape)}, expected "
                     f"{expected}: keep batch and frame size while a state is carried"
                 )
-        return {name: state[name].to(dtype=x.dtype) for name in self.state_names}
+        # A first-frame placeholder (zeros of shape (1, 1, 1, 1), as exported programs take it)
+        # broadcasts to the real shape; for a real state expand and contiguous change nothing.
+        return {
+            name: state[name].to(dtype=x.dtype).expand(expected).contiguous()
+            for name in self.state_names
+        }
 
     def forward(
         self, x: torch.Tensor, state: State | None = None, reset: torch.Tensor | None = None
@@ -82,3 +88,10 @@ class RecurrentUnit(nn.Module):
         if self.store_previous:
             new_state.update(prev1=prev1, prev2=prev2)
         return torch.stack(outputs, dim=1), new_state
+
+
+def _fits(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    """``shape`` is the expected state shape, or a placeholder ``(1 or B, 1, 1, 1)``."""
+    if shape == expected:
+        return True
+    return len(shape) == 4 and shape[0] in (1, expected[0]) and shape[1:] == (1, 1, 1)

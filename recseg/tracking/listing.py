@@ -138,7 +138,7 @@ def to_row(run: Run, experiment: str, now: float, stale_after: float = STALE_AFT
     )
 
 
-def _experiments(client: MlflowClient, name: str | None) -> dict[str, str]:
+def experiment_names(client: MlflowClient, name: str | None) -> dict[str, str]:
     """Experiment id -> name: the one named ``name``, or every active experiment."""
     if name is not None:
         found = client.get_experiment_by_name(name)
@@ -171,20 +171,26 @@ def list_training_runs(
     quiet_mlflow()
     client = client or MlflowClient()
     now = time.time() if now is None else now
-    names = _experiments(client, experiment)
+    names = experiment_names(client, experiment)
     if not names:
         return []
-    rows: list[RunRow] = []
+    runs = search_all(client, list(names), TRAIN_FILTER)
+    return [to_row(run, names[run.info.experiment_id], now, stale_after) for run in runs]
+
+
+def search_all(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
+    """Every run matching ``filter_string`` in the experiments, newest first (all pages)."""
+    runs: list[Run] = []
     token = None
     while True:
         page = client.search_runs(
-            list(names),
-            filter_string=TRAIN_FILTER,
+            experiment_ids,
+            filter_string=filter_string,
             max_results=PAGE_SIZE,
             order_by=["attributes.start_time DESC", "attributes.run_id ASC"],
             page_token=token,
         )
-        rows.extend(to_row(run, names[run.info.experiment_id], now, stale_after) for run in page)
+        runs.extend(page)
         token = page.token
         if not token:
-            return rows
+            return runs

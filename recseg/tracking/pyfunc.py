@@ -137,15 +137,21 @@ def log_clip_model(
     *,
     name: str = "model",
     registered_model_name: str | None = None,
+    size: tuple[int, int] | None = None,
 ) -> ModelInfo:
     """Log ``model`` (built as ``model_name``) as a ``ClipSegmenter`` pyfunc in the active run.
 
     The weights are stored once, as a CPU state dict. The model is logged "from code" (a
     three-line script that builds a ``ClipSegmenter``), so loading it unpickles nothing.
+    ``size`` (H, W), the frame size it was trained at, is recorded with the architecture.
     """
     if model_spec(model_name) != model.spec:
         raise InputError(f"model_name '{model_name}' does not name this model's architecture")
-    architecture = {"model": model_name, "options": {**model.options.to_dict(), "pretrained": None}}
+    architecture = {
+        "model": model_name,
+        "options": {**model.options.to_dict(), "pretrained": None},
+        "size": list(size) if size else None,
+    }
     with tempfile.TemporaryDirectory(prefix="recseg-pyfunc-") as tmp:
         weights, arch = Path(tmp, "weights.pt"), Path(tmp, "architecture.json")
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)

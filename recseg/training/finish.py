@@ -124,7 +124,7 @@ def finish(job: Job) -> None:
     if best.exists():
         model.load_state_dict(ckpt.load(best)["model"])
     model.eval()
-    info = log_clip_model(model, job.cfg.model)
+    info = log_clip_model(model, job.cfg.model, size=job.setup.train_loader.size)
     p = job.trainer.progress
     summary = f"best {job.cfg.best_metric} {p.best_value} at epoch {p.best_epoch}"
     run.set_tags({MODEL_LOGGED: info.model_uri, T.STOPPED: "", "best": summary})

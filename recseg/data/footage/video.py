@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 CODEC = "libx264"
+ODD_CODEC = "libvpx-vp9"  # frame sizes with an odd side (see Mp4Writer)
 
 
 @contextmanager
@@ -82,44 +83,89 @@ _BT601 = (
 
 
 def to_i420(frame: np.ndarray) -> np.ndarray:
-    """A BGR uint8 frame as planar yuv420p (I420): BT.601 limited range, chroma averaged over
-    2x2 pixels, like libswscale (whose threaded conversion is avoided so that the output is
-    the same from run to run)."""
+    """A BGR uint8 frame (even sides) as planar yuv420p (I420), ``(h * 3 // 2, w)``: the Y, U
+    and V planes one after the other. BT.601 limited range, chroma averaged over 2x2 pixels, like
+    libswscale (whose threaded conversion is avoided so that the output is the same from run to
+    run)."""
     h, w = frame.shape[:2]
     ycc = cv2.transform(frame.astype(np.float32), _BT601)
     chroma = cv2.resize(ycc[..., 1:], (w // 2, h // 2), interpolation=cv2.INTER_AREA) + 128.0
-    out = np.empty((h * 3 // 2, w), np.uint8)
-    out[:h] = np.clip(np.rint(ycc[..., 0] + 16.0), 0, 255)
-    out[h : h + h // 4] = np.clip(np.rint(chroma[..., 0]), 0, 255).reshape(h // 4, w)
-    out[h + h // 4 :] = np.clip(np.rint(chroma[..., 1]), 0, 255).reshape(h // 4, w)
-    return out
+    out = np.empty(h * w * 3 // 2, np.uint8)
+    out[: h * w] = np.clip(np.rint(ycc[..., 0] + 16.0), 0, 255).reshape(-1)
+    out[h * w :] = np.clip(np.rint(chroma), 0, 255).transpose(2, 0, 1).reshape(-1)
+    return out.reshape(h * 3 // 2, w)
+
+
+def odd_yuv420p(frame: np.ndarray) -> av.VideoFrame:
+    """A BGR uint8 frame with an odd side as a yuv420p ``VideoFrame``, converted like
+    ``to_i420`` (the odd side is padded by repeating the edge; its chroma covers one pixel)."""
+    h, w = frame.shape[:2]
+    padded = cv2.copyMakeBorder(frame, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
+    ph, pw = padded.shape[:2]
+    flat = to_i420(padded).reshape(-1)
+    quarter = (ph // 2) * (pw // 2)
+    planes = (
+        flat[: ph * pw].reshape(ph, pw)[:h, :w],
+        flat[ph * pw : ph * pw + quarter].reshape(ph // 2, pw // 2),
+        flat[ph * pw + quarter :].reshape(ph // 2, pw // 2),
+    )
+    video_frame = av.VideoFrame(w, h, "yuv420p")
+    for plane, data in zip(video_frame.planes, planes, strict=True):
+        rows = np.zeros((data.shape[0], plane.line_size), np.uint8)
+        rows[:, : data.shape[1]] = data
+        plane.update(rows.tobytes())
+    return video_frame
 
 
 class Mp4Writer:
-    """Writes BGR uint8 frames to an H.264 mp4 (yuv420p) under a temporary name; ``close``
-    moves it into place, an exception inside ``with`` discards it."""
+    """Writes BGR uint8 frames (RGB with ``rgb=True``) to an H.264 mp4 (yuv420p) under a
+    temporary name; ``close`` moves it into place, an exception inside ``with`` discards it.
 
-    def __init__(self, path: Path, fps: float, shape: tuple[int, int], crf: int = 21) -> None:
+    H.264 4:2:0 cannot code an odd width or height (its frame cropping works in 2-pixel steps),
+    so a frame size with an odd side is written as VP9 profile 0 (yuv420p, chroma rounded up) in
+    the same mp4 container, at exactly that size; browsers play both.
+    """
+
+    def __init__(
+        self, path: Path, fps: float, shape: tuple[int, int], crf: int = 21, *, rgb: bool = False
+    ) -> None:
         self.path = path
+        self.rgb = rgb
+        self.odd = bool(shape[0] % 2 or shape[1] % 2)
         self.tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
         self.container = av.open(str(self.tmp), mode="w", format="mp4")
-        self.stream = self.container.add_stream(CODEC, rate=rate(fps))
+        self.stream = self.container.add_stream(ODD_CODEC if self.odd else CODEC, rate=rate(fps))
         self.stream.height, self.stream.width = shape
         self.stream.pix_fmt = "yuv420p"
         # Byte-identical output from run to run needs fixed settings (threads included) and
         # no macroblock-tree rate control: its float maths gave different bits depending on
         # what other threads (OpenCV's) had done to the floating-point state in between.
-        self.stream.options = {
-            "crf": str(crf),
-            "preset": "veryfast",
-            "threads": "1",
-            "x264-params": "mbtree=0",
-        }
+        if not self.odd:
+            self.stream.options = {
+                "crf": str(crf),
+                "preset": "veryfast",
+                "threads": "1",
+                "x264-params": "mbtree=0",
+            }
+        else:  # VP9's constant-quality scale is 0-63: about crf + 10 for similar quality
+            self.stream.options = {
+                "crf": str(min(63, crf + 10)),
+                "b": "0",
+                "deadline": "good",
+                "cpu-used": "5",
+                "threads": "1",
+                "row-mt": "0",
+            }
         self.frames = 0
 
     def write(self, frame: np.ndarray) -> None:
-        """Encode one BGR uint8 frame."""
-        video_frame = av.VideoFrame.from_ndarray(to_i420(frame), format="yuv420p")
+        """Encode one BGR (``rgb=True``: RGB) uint8 frame."""
+        if self.rgb:
+            frame = np.ascontiguousarray(frame[..., ::-1])
+        if self.odd:
+            video_frame = odd_yuv420p(frame)
+        else:
+            video_frame = av.VideoFrame.from_ndarray(to_i420(frame), format="yuv420p")
         video_frame.pts = self.frames
         self.container.mux(self.stream.encode(video_frame))
         self.frames += 1

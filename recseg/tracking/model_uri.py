@@ -1,0 +1,91 @@
+"""Load the network behind a logged recseg model: ``runs:/RID/model``, ``models:/NAME@ALIAS``,
+``models:/NAME/VERSION``, ``models:/m-ID`` or a local model folder.
+
+The weights and the architecture JSON that :func:`recseg.tracking.pyfunc.log_clip_model` stored
+are read directly, so the caller gets a plain :class:`RecurrentDeepLab` (state and all) rather
+than the clip-level pyfunc wrapper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+
+from recseg.errors import InputError
+from recseg.models import RecurrentDeepLab, build_model
+from recseg.tracking.runs import quiet_mlflow
+
+ARCHITECTURE_FILE = "artifacts/architecture.json"
+WEIGHTS_FILE = "artifacts/weights.pt"
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A network in eval mode with what its model artifact says about it."""
+
+    model: RecurrentDeepLab
+    name: str  # the --model name it was built with
+    uri: str
+    run_id: str | None  # the run that logged it, when known
+    size: tuple[int, int] | None  # the (H, W) it was trained at, when recorded
+
+
+def _download(uri: str, dst: Path) -> Path:
+    local = Path(uri)
+    if local.is_dir():
+        return local
+    if "://" not in uri and ":/" not in uri:
+        raise InputError(
+            f"model {uri}: no such folder, and not a model URI (runs:/RID/model, "
+            "models:/NAME@ALIAS, models:/NAME/VERSION)"
+        )
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+    except MlflowException as exc:
+        reason = str(exc.message if hasattr(exc, "message") else exc).splitlines()[0]
+        raise InputError(
+            f"model {uri}: not found on {mlflow.get_tracking_uri()} ({reason})"
+        ) from None
+    except OSError as exc:
+        raise InputError(f"model {uri}: cannot be read ({exc})") from None
+
+
+def read_model_dir(folder: Path, uri: str, device: torch.device | str = "cpu") -> LoadedModel:
+    """Build the network from a downloaded recseg model folder."""
+    arch_file, weights_file = folder / ARCHITECTURE_FILE, folder / WEIGHTS_FILE
+    if not arch_file.is_file() or not weights_file.is_file():
+        raise InputError(f"model {uri}: not a recseg model (no {ARCHITECTURE_FILE})")
+    arch = json.loads(arch_file.read_text())
+    try:
+        weights = torch.load(weights_file, weights_only=True, map_location=device)
+    except Exception as exc:  # truncated or foreign file
+        raise InputError(f"model {uri}: weights cannot be loaded ({exc})") from None
+    model = build_model(arch["model"], **arch["options"])
+    model.load_state_dict(weights, strict=True)
+    size = arch.get("size")
+    run_id = None
+    if (folder / "MLmodel").is_file():
+        run_id = Model.load(str(folder / "MLmodel")).run_id
+    return LoadedModel(
+        model=model.to(device).eval(),
+        name=arch["model"],
+        uri=uri,
+        run_id=run_id,
+        size=(int(size[0]), int(size[1])) if size else None,
+    )
+
+
+def load_network(uri: str, device: torch.device | str = "cpu") -> LoadedModel:
+    """The recseg network at ``uri`` on ``device`` in eval mode; ``InputError`` (one line) when
+    the URI names nothing or something that is not a recseg model."""
+    quiet_mlflow()
+    with tempfile.TemporaryDirectory(prefix="recseg-model-") as tmp:
+        folder = _download(uri, Path(tmp))
+        return read_model_dir(folder, uri, device)
