@@ -11,7 +11,6 @@ import math
 import re
 import time
 
-import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
@@ -105,8 +104,13 @@ def promote(
     previous = _previous(client, name, alias)
     version = _version_of(client, name, run)
     if version is None:
-        mv = mlflow.register_model(
-            run.data.tags[MODEL_LOGGED], name, tags={T.MODEL: run.data.tags.get(T.MODEL, "")}
+        source = run.data.tags[MODEL_LOGGED]  # models:/m-ID, the run's logged model
+        mv = client.create_model_version(
+            name,
+            source,
+            run_id=run.info.run_id,
+            tags={T.MODEL: run.data.tags.get(T.MODEL, "")},
+            model_id=source.rsplit("/", 1)[-1] if source.startswith("models:/m-") else None,
         )
         version = mv.version
     client.update_model_version(
