@@ -9,6 +9,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from recseg.data.footage.video import Mp4Writer
 
@@ -69,3 +70,16 @@ def one_error_line(result: subprocess.CompletedProcess, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
+
+
+def recseg_in_process(
+    args: list[str], capsys: pytest.CaptureFixture
+) -> subprocess.CompletedProcess:
+    """``recseg ARGS`` in this process (``recseg.cli.main``; no interpreter start-up): exit
+    code, stdout and stderr, as ``run_recseg`` returns them."""
+    from recseg.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, stop.value.code, out.out, out.err)

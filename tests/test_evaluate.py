@@ -4,6 +4,9 @@ training runs (Deep+_mobile and Deep_mobile_gruV3) of a small clip store with a 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,13 +28,14 @@ from recseg.tracking.model_uri import load_network
 from recseg.training.config import TrainConfig
 from recseg.training.job import train
 from recseg.training.losses import build_loss
-from tests.media import one_error_line, run_recseg
+from tests.media import one_error_line, recseg_in_process, run_recseg
 from tests.stores import make_store
 
 MODELS = ("Deep+_mobile", "Deep_mobile_gruV3")
 TEST_METRICS = ("test_miou", "test_fg_iou", "test_bg_iou", "test_dice", "test_fg_dice",
                 "test_pixel_accuracy", "test_per_class_accuracy", "test_flicker", "test_loss",
                 "test_latency_ms", "test_latency_p90_ms", "test_fps")  # fmt: skip
+ROOT = Path(__file__).resolve().parents[1]
 FAST = ("--latency-frames", "4", "--warmup", "1", "--video-frames", "6", "--num-workers", "0")
 
 
@@ -177,18 +181,24 @@ def test_evaluate_a_registered_model_uri(evaluated: dict) -> None:
                           cwd=root, env=env)  # fmt: skip
     assert promoted.returncode == 0, promoted.stderr
     result = run_recseg("evaluate", "--data", str(evaluated["store"]), "--model-uri",
-                        f"models:/{name}@champion", *FAST, cwd=root, env=env)  # fmt: skip
+                        f"models:/{name}@champion", *FAST, "--video-frames", "0",
+                        "--splits", "test,val", cwd=root, env=env)  # fmt: skip
     assert result.returncode == 0, result.stderr
     client = MlflowClient()
     exp = client.get_experiment_by_name("evaluate")
     runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
     assert "test_fg_iou" in runs[0].data.metrics
     assert runs[0].data.params["model_uri"] == f"models:/{name}@champion"
+    assert "eval_val_miou" in runs[0].data.metrics  # the extra split, under its own prefix
+    files = {a.path for a in client.list_artifacts(runs[0].info.run_id, "evaluation")}
+    assert "evaluation/test_predictions.png" in files
+    assert "evaluation/test_predictions.mp4" not in files  # --video-frames 0
 
 
-def test_bad_input_one_line(evaluated: dict, tmp_path: Path) -> None:
+def test_bad_input_one_line(evaluated: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """In this process (start-up is most of a subprocess's time); subprocess runs above."""
     client = MlflowClient()
-    env, root, store = evaluated["env"], evaluated["root"], str(evaluated["store"])
+    store = str(evaluated["store"])
     exp = client.get_experiment_by_name(evaluated["experiment"])
     running = client.create_run(exp.experiment_id, tags={"recseg.kind": "train"}).info.run_id
     empty = f"empty-{uuid.uuid4().hex[:6]}"
@@ -204,17 +214,17 @@ def test_bad_input_one_line(evaluated: dict, tmp_path: Path) -> None:
         (("--data", str(tmp_path), "--experiment", evaluated["experiment"]), ("store",)),
     ]
     for args, needles in cases:
-        one_error_line(run_recseg("evaluate", *args, *FAST, cwd=root, env=env), *needles)
+        one_error_line(recseg_in_process(["evaluate", *args, *FAST], capsys), *needles)
     one_error_line(
-        run_recseg("promote", "--experiment", empty, cwd=root, env=env), "no finished training"
+        recseg_in_process(["promote", "--experiment", empty], capsys), "no finished training"
     )
     fresh = f"fresh-{uuid.uuid4().hex[:6]}"  # finished runs, none evaluated: promote refuses
     with mlflow.start_run(experiment_id=mlflow.create_experiment(fresh)) as r:
         mlflow.set_tags({"recseg.kind": "train", "recseg.model_uri": "models:/m-x"})
     assert client.get_run(r.info.run_id).info.status == "FINISHED"
-    one_error_line(run_recseg("promote", "--experiment", fresh, cwd=root, env=env), "test_fg_iou")
+    one_error_line(recseg_in_process(["promote", "--experiment", fresh], capsys), "test_fg_iou")
     one_error_line(
-        run_recseg("promote", "--experiment", fresh, "--metric", "val_miou", cwd=root, env=env),
+        recseg_in_process(["promote", "--experiment", fresh, "--metric", "val_miou"], capsys),
         "--metric",
     )
 
@@ -229,3 +239,30 @@ def test_latency_and_flops() -> None:
     assert small > 0 and 3.5 < large / small < 4.5
     base = gflops_per_frame(build_model("Deep+_mobile"), (64, 96))
     assert base < large  # the recurrent unit costs compute
+
+
+def test_mlflow_run_evaluate_entry_point(evaluated: dict) -> None:
+    """`mlflow run -e evaluate` logs its -P values first; recseg adds params without clashing."""
+    env = {
+        **os.environ,
+        **evaluated["env"],
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+    }
+    env.pop("MLFLOW_EXPERIMENT_ID", None)
+    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "evaluate",
+           "--env-manager", "local", "--experiment-name", evaluated["experiment"],
+           "-P", f"data={evaluated['store']}", "-P", f"experiment={evaluated['experiment']}",
+           "-P", "force=true", "-P", "latency_frames=2", "-P", "warmup=0",
+           "-P", "video_frames=0", "-P", "num_workers=0"]  # fmt: skip
+    result = subprocess.run(cmd, cwd=evaluated["root"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("test mIoU") == 2  # --force: both runs again
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(evaluated["experiment"])
+    runs = client.search_runs(
+        [exp.experiment_id], "tags.`recseg.kind` = 'evaluate'", order_by=["start_time DESC"]
+    )
+    assert runs[0].info.status == "FINISHED" and runs[0].data.params["force"] == "true"
+    assert "summary/summary.html" in {
+        a.path for a in client.list_artifacts(runs[0].info.run_id, "summary")
+    }

@@ -21,7 +21,6 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from recseg.cli import main
 from recseg.data.loader import make_loader
 from recseg.errors import InputError
 from recseg.models import build_model
@@ -30,7 +29,7 @@ from recseg.tracking.lr_find import run_lr_find
 from recseg.training.losses import build_loss
 from recseg.training.lr_find import LrFindConfig, lr_at, range_test
 from recseg.training.optim import build_optimizer
-from tests.media import one_error_line, run_recseg
+from tests.media import one_error_line, recseg_in_process, run_recseg
 from tests.stores import make_store
 
 MODEL = "Deep_mobile_gruV1"
@@ -300,14 +299,6 @@ def test_entry_point_nests_under_the_run_mlflow_started(
     parent = client.get_run(started)
     assert parent.info.status == "FINISHED" and parent.data.tags[T.KIND] == "lr_find"
     assert "results.json" in artifacts(client, started)
-
-
-def recseg_in_process(args: list[str], capsys: pytest.CaptureFixture) -> Any:
-    """``recseg ARGS`` in this process (``recseg.cli.main``): exit code, stdout and stderr."""
-    with pytest.raises(SystemExit) as stop:
-        main(args)
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, stop.value.code, out.out, out.err)
 
 
 @pytest.mark.parametrize(

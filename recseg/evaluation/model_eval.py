@@ -4,6 +4,7 @@ short input | truth | prediction video."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
 from collections.abc import Callable
@@ -11,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 import torch
 
 from recseg.data.footage.video import Mp4Writer
@@ -27,7 +27,7 @@ from recseg.tracking.model_uri import LoadedModel
 from recseg.training.losses import build_loss
 
 VIDEO_FPS = 15.0
-VIDEO_TILE_WIDTH = 256
+TILE = 256  # pixels per tile of the video (input, truth, prediction)
 
 
 @dataclasses.dataclass
@@ -52,7 +52,7 @@ def eval_size(cfg: EvaluateConfig, loaded: LoadedModel, store: ClipStore) -> tup
     return cfg.frame_size or loaded.size or store.size
 
 
-def check_splits(store: ClipStore, splits: tuple[str, ...], seq_len: int) -> None:
+def check_splits(store: ClipStore, splits: tuple[str, ...]) -> None:
     """``InputError`` when a split to score has no clips."""
     for split in splits:
         if not store.clips(split):
@@ -85,39 +85,28 @@ def prediction_video(
     """An H.264 mp4 of the split's first ``frames`` frames, streamed clip after clip with the
     state reset at each clip start: input | truth | prediction over the input."""
     loader = make_loader(store, split, batch_size=1, seq_len=8, train=False, size=size)
-    rows: list[np.ndarray] = []
     state = None
     with tempfile.TemporaryDirectory(prefix="recseg-video-") as tmp:
         path = Path(tmp) / "predictions.mp4"
-        writer: Mp4Writer | None = None
-        for batch in loader:
-            logits, state = model(batch["frames"].to(device), state, batch["reset"].to(device))
-            probs = torch.softmax(logits[0].float(), dim=1)[:, 1].cpu()
-            valid = batch["valid"][0]
-            panel = prediction_panel(
-                batch["frames"][0][valid],
-                batch["labels"][0][valid],
-                probs[valid],
-                max_rows=int(valid.sum()),
-                width=VIDEO_TILE_WIDTH,
-            )
-            rows.extend(np.split(panel, int(valid.sum()), axis=0))
-            if writer is None:
-                h, w = rows[0].shape[:2]
-                writer = Mp4Writer(path, VIDEO_FPS, (h - h % 2, w - w % 2))
-            while rows and writer.frames < frames:
-                row = rows.pop(0)
-                writer.write(
-                    cv2.cvtColor(
-                        row[: row.shape[0] // 2 * 2, : row.shape[1] // 2 * 2], cv2.COLOR_RGB2BGR
-                    )
-                )
-            if writer.frames >= frames:
-                break
-        if writer is None:
-            return b""
-        writer.close()
-        return path.read_bytes()
+        with contextlib.ExitStack() as stack:
+            writer: Mp4Writer | None = None
+            for batch in loader:
+                logits, state = model(batch["frames"].to(device), state, batch["reset"].to(device))
+                valid = batch["valid"][0]
+                probs = torch.softmax(logits[0].float(), dim=1)[:, 1].cpu()[valid]
+                for frame, label, prob in zip(
+                    batch["frames"][0][valid], batch["labels"][0][valid], probs, strict=True
+                ):
+                    row = prediction_panel(frame[None], label[None], prob[None], width=TILE)
+                    h, w = row.shape[0] // 2 * 2, row.shape[1] // 2 * 2  # yuv420p: even sizes
+                    if writer is None:
+                        writer = stack.enter_context(Mp4Writer(path, VIDEO_FPS, (h, w)))
+                    writer.write(cv2.cvtColor(row[:h, :w], cv2.COLOR_RGB2BGR))
+                    if writer.frames >= frames:
+                        break
+                if writer is not None and writer.frames >= frames:
+                    break
+        return path.read_bytes() if writer is not None else b""
 
 
 def evaluate_model(
@@ -158,7 +147,9 @@ def evaluate_model(
         metrics.update(latency.metrics(split_prefix(first)))
     metrics["params_total"] = float(count_parameters(model))
     metrics["gflops"] = gflops_per_frame(model, size)
-    video = prediction_video(model, store, first, size, cfg.video_frames, device) or None
+    video = None
+    if cfg.video_frames:
+        video = prediction_video(model, store, first, size, cfg.video_frames, device) or None
     info = {
         "model": loaded.name,
         "model_uri": loaded.uri,
@@ -169,4 +160,4 @@ def evaluate_model(
         "threads": torch.get_num_threads(),
         "store": str(store.root),
     }
-    return ModelEvaluation(metrics, info, latency, grid, video if cfg.video_frames else None)
+    return ModelEvaluation(metrics, info, latency, grid, video)

@@ -24,7 +24,7 @@ from recseg.tracking import evaluate as te
 from recseg.tracking import tags as T
 from recseg.tracking.model_uri import load_network
 from recseg.tracking.preprocess import store_dataset
-from recseg.tracking.runs import quiet_mlflow, tracked_run
+from recseg.tracking.runs import log_new_params, quiet_mlflow, tracked_run
 from recseg.training.finish import MODEL_LOGGED
 from recseg.training.setup import open_store, pick_device
 
@@ -119,7 +119,7 @@ def run_evaluation(cfg: EvaluateConfig, echo: Echo = print) -> int:
     cfg.check_target()
     quiet_mlflow()
     store = open_store(cfg.data)
-    check_splits(store, cfg.split_names, cfg.seq_len)
+    check_splits(store, cfg.split_names)
     device = pick_device(cfg.device)
     client = MlflowClient()
     dataset = store_dataset(store)
@@ -127,7 +127,7 @@ def run_evaluation(cfg: EvaluateConfig, echo: Echo = print) -> int:
     split = cfg.split_names[0]
     tags = {T.KIND: "evaluate"}
     with tracked_run(experiment, run_name=f"evaluate-{split}", tags=tags) as active:
-        mlflow.log_params(as_params(cfg))
+        log_new_params(as_params(cfg))
         mlflow.log_input(dataset, context=split)
         scored: list[Run] = []
         for target in targets:
