@@ -29,6 +29,16 @@ def _deterministic() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny inputs: they gain nothing from more threads on
+    a shared machine (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _no_experiment_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """``mlflow.set_experiment`` exports MLFLOW_EXPERIMENT_ID; an in-process run in one test

@@ -38,13 +38,7 @@ TEST_METRICS = ("test_miou", "test_fg_iou", "test_bg_iou", "test_dice", "test_fg
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ("--latency-frames", "4", "--warmup", "1", "--video-frames", "6", "--num-workers", "0")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny inputs: 1 thread is fastest
 
 
 @pytest.fixture(scope="module")

@@ -37,18 +37,13 @@ MODELS = {"Deep_mobile_gruV3": ["h"], "Deep_mobile_lstmV1": ["h", "c"], "Deep+_m
 SIZE = (32, 48)
 RUNS = [(1, 32, 48), (2, 40, 56)]  # (batch, H, W): a second batch and frame size, same file
 FRAMES = 5
-pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.slow]
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+    pytest.mark.slow,
+]
 
 Exported = tuple[LoadedModel, ExportInfo]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: these tiny frames gain nothing from more on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _loaded(name: str, seed: int = 1) -> LoadedModel:

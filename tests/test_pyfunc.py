@@ -29,18 +29,10 @@ from tests.conftest import randomize_norms
 MODEL = "Deep_mobile_gruV3"
 CUDA = torch.cuda.is_available()
 pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
     pytest.mark.filterwarnings("ignore:.*input example was not provided:UserWarning"),
     pytest.mark.usefixtures("on_cpu"),
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: these tiny clips gain nothing from more on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

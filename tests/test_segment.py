@@ -38,15 +38,10 @@ from tests.media import one_error_line, run_recseg, write_video
 MODEL = "Deep_mobile_gruV1"
 SHAPE = (48, 64)  # (H, W) of the test videos
 FRAMES = 12
-pytestmark = pytest.mark.filterwarnings("ignore:.*input example was not provided:UserWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:.*input example was not provided:UserWarning"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Run, RunTag
-from mlflow.exceptions import MlflowException
 
 from recseg.errors import InputError
 from recseg.evaluation.report import RunRecord, variant_label
 from recseg.models.registry import model_spec
 from recseg.tracking import tags as T
 from recseg.tracking.listing import TRAIN_FILTER, experiment_names, search_all
+from recseg.tracking.runs import existing_run
 from recseg.training.config import JOB_OPTIONS
 from recseg.training.finish import MODEL_LOGGED
 
@@ -34,14 +33,7 @@ MAX_BATCH = 200
 
 def training_run(client: MlflowClient, run_id: str) -> Run:
     """The finished training run ``run_id`` with a logged model; ``InputError`` otherwise."""
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise InputError(
-            f"--run-id: no run {run_id} on the tracking server {mlflow.get_tracking_uri()}"
-        ) from None
-    if run.info.lifecycle_stage == "deleted":
-        raise InputError(f"--run-id: run {run_id} is deleted")
+    run = existing_run(client, run_id)
     kind = run.data.tags.get(T.KIND)
     if kind != "train":
         raise InputError(f"--run-id: run {run_id} is a {kind or 'non-recseg'} run, not training")

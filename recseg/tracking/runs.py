@@ -8,6 +8,11 @@ import os
 from collections.abc import Iterator
 
 import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+
+from recseg.errors import InputError
 
 
 def quiet_mlflow() -> None:
@@ -46,3 +51,16 @@ def log_new_params(params: dict[str, str]) -> None:
     missing = {k: v for k, v in params.items() if k not in have}
     if missing:
         mlflow.log_params(missing)
+
+
+def existing_run(client: MlflowClient, run_id: str) -> Run:
+    """The run ``--run-id`` names; ``InputError`` when the server has none or it is deleted."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise InputError(
+            f"--run-id: no run {run_id} on the tracking server {mlflow.get_tracking_uri()}"
+        ) from None
+    if run.info.lifecycle_stage == "deleted":
+        raise InputError(f"--run-id: run {run_id} is deleted")
+    return run

@@ -18,12 +18,11 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import Metric, Run, RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from recseg.errors import InputError
 from recseg.tracking import tags as T
-from recseg.tracking.runs import log_new_params, quiet_mlflow
+from recseg.tracking.runs import existing_run, log_new_params, quiet_mlflow
 from recseg.training.config import TrainConfig, check_unchanged
 
 MAX_BATCH = 200  # MLflow accepts up to 1000 metrics per log_batch call; stay well below
@@ -40,14 +39,7 @@ def find_run(cfg: TrainConfig, client: MlflowClient) -> Run | None:
     run_id = cfg.run_id or env_id
     if not run_id:
         return None
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise InputError(
-            f"--run-id: no run {run_id} on the tracking server {mlflow.get_tracking_uri()}"
-        ) from None
-    if run.info.lifecycle_stage == "deleted":
-        raise InputError(f"--run-id: run {run_id} is deleted")
+    run = existing_run(client, run_id)
     kind = run.data.tags.get(T.KIND)
     if kind not in (None, "train"):
         raise InputError(f"--run-id: run {run_id} is a {kind} run, not a training run")

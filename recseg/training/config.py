@@ -44,32 +44,112 @@ def _non_negative(value: float) -> str | None:
     return None if value >= 0 else f"must be 0 or more, got {value}"
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Options of ``recseg train`` (see ``recseg train --help``)."""
-
-    data: str = dataclasses.field(
+# Fields that several commands share (train, lr-find): one definition each, so their flags,
+# defaults and help texts cannot drift apart. Each call makes a new dataclass field.
+def data_field() -> Any:
+    return dataclasses.field(
         metadata=option("Clip store written by `recseg preprocess`.", mltype="path")
     )
-    model: str = dataclasses.field(
+
+
+def model_field() -> Any:
+    return dataclasses.field(
         metadata=option("Model name (`recseg models` lists them).", check=accepts(model_spec))
     )
-    loss: str = dataclasses.field(
+
+
+def loss_field() -> Any:
+    return dataclasses.field(
         metadata=option("SoftDice, CrossEntropy or CrossDice.", check=accepts(build_loss))
     )
-    epochs: int = dataclasses.field(
-        default=10, metadata=option("Epochs to train.", check=at_least(1))
-    )
-    batch_size: int = dataclasses.field(
+
+
+def batch_size_field() -> Any:
+    return dataclasses.field(
         default=4,
         metadata=option("Clips per step (B lanes, each streaming its clip).", check=at_least(1)),
     )
-    seq_len: int = dataclasses.field(
+
+
+def seq_len_field() -> Any:
+    return dataclasses.field(
         default=4,
         metadata=option(
             "Frames per lane per step (T): back-propagation through time window.", check=at_least(1)
         ),
     )
+
+
+def size_field() -> Any:
+    return dataclasses.field(
+        default="",
+        metadata=option(
+            "Train at this frame size HxW; default: the store's size.", check=_size_or_store
+        ),
+    )
+
+
+def seed_field() -> Any:
+    return dataclasses.field(
+        default=0, metadata=option("Seed of the weights, clip order and augmentation.")
+    )
+
+
+def output_stride_field() -> Any:
+    return dataclasses.field(
+        default=8, metadata=option("Backbone output stride.", check=one_of(8, 16))
+    )
+
+
+def pretrained_field() -> Any:
+    return dataclasses.field(
+        default="",
+        metadata=option(
+            "Local file with torchvision ImageNet backbone weights (never downloaded); "
+            "default: random init.",
+            mltype="string",
+        ),
+    )
+
+
+def faithful_field() -> Any:
+    return dataclasses.field(
+        default=False,
+        metadata=option("Use the thesis code's model choices (frozen backbone, ...)."),
+    )
+
+
+def num_workers_field() -> Any:
+    return dataclasses.field(
+        default=2,
+        metadata=option(
+            "Loader worker processes (0: load in the main process).", check=at_least(0)
+        ),
+    )
+
+
+def device_field() -> Any:
+    return dataclasses.field(
+        default="auto",
+        metadata=option(
+            "Where to train: auto (CUDA when available), cpu or cuda.",
+            check=one_of("auto", "cpu", "cuda"),
+        ),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Options of ``recseg train`` (see ``recseg train --help``)."""
+
+    data: str = data_field()
+    model: str = model_field()
+    loss: str = loss_field()
+    epochs: int = dataclasses.field(
+        default=10, metadata=option("Epochs to train.", check=at_least(1))
+    )
+    batch_size: int = batch_size_field()
+    seq_len: int = seq_len_field()
     lr: float = dataclasses.field(
         default=0.0,
         metadata=option(
@@ -120,30 +200,11 @@ class TrainConfig:
         default="val_fg_iou",
         metadata=option("Val metric that picks the best checkpoint.", check=one_of(*BEST_METRICS)),
     )
-    size: str = dataclasses.field(
-        default="",
-        metadata=option(
-            "Train at this frame size HxW; default: the store's size.", check=_size_or_store
-        ),
-    )
-    seed: int = dataclasses.field(
-        default=0, metadata=option("Seed of the weights, clip order and augmentation.")
-    )
-    output_stride: int = dataclasses.field(
-        default=8, metadata=option("Backbone output stride.", check=one_of(8, 16))
-    )
-    pretrained: str = dataclasses.field(
-        default="",
-        metadata=option(
-            "Local file with torchvision ImageNet backbone weights (never downloaded); "
-            "default: random init.",
-            mltype="string",
-        ),
-    )
-    faithful: bool = dataclasses.field(
-        default=False,
-        metadata=option("Use the thesis code's model choices (frozen backbone, ...)."),
-    )
+    size: str = size_field()
+    seed: int = seed_field()
+    output_stride: int = output_stride_field()
+    pretrained: str = pretrained_field()
+    faithful: bool = faithful_field()
     augment: bool = dataclasses.field(
         default=True, metadata=option("Augment training clips (one draw per clip and epoch).")
     )
@@ -168,19 +229,8 @@ class TrainConfig:
             check=_non_negative,
         ),
     )
-    num_workers: int = dataclasses.field(
-        default=2,
-        metadata=option(
-            "Loader worker processes (0: load in the main process).", check=at_least(0)
-        ),
-    )
-    device: str = dataclasses.field(
-        default="auto",
-        metadata=option(
-            "Where to train: auto (CUDA when available), cpu or cuda.",
-            check=one_of("auto", "cpu", "cuda"),
-        ),
-    )
+    num_workers: int = num_workers_field()
+    device: str = device_field()
     checkpoint_dir: str = dataclasses.field(
         default="checkpoints",
         metadata=option(

@@ -21,13 +21,27 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from recseg.config import accepts, at_least, one_of, option, parse_size, size_check
+from recseg.config import accepts, at_least, one_of, option, parse_size
 from recseg.data.loader import TemporalLoader, clip_windows, make_loader
 from recseg.data.store import ClipStore
 from recseg.errors import InputError
 from recseg.models.deeplab import RecurrentDeepLab
-from recseg.models.registry import build_model, model_spec
+from recseg.models.registry import build_model
 from recseg.models.state import State, detach_state
+from recseg.training.config import (
+    batch_size_field,
+    data_field,
+    device_field,
+    faithful_field,
+    loss_field,
+    model_field,
+    num_workers_field,
+    output_stride_field,
+    pretrained_field,
+    seed_field,
+    seq_len_field,
+    size_field,
+)
 from recseg.training.losses import build_loss
 from recseg.training.optim import OPTIMIZERS, build_optimizer
 from recseg.training.setup import seed_everything
@@ -68,10 +82,6 @@ def wd_label(value: float) -> str:
     return fixed if len(fixed) <= len(sci) and float(fixed) == value else sci
 
 
-def _size_or_store(value: str) -> str | None:
-    return None if value == "" else size_check(value)
-
-
 def _positive(value: float) -> str | None:
     ok = math.isfinite(value) and value > 0
     return None if ok else f"must be a positive number, got {value}"
@@ -89,15 +99,9 @@ def _above_one(value: float) -> str | None:
 class LrFindConfig:
     """Options of ``recseg lr-find`` (see ``recseg lr-find --help``)."""
 
-    data: str = dataclasses.field(
-        metadata=option("Clip store written by `recseg preprocess`.", mltype="path")
-    )
-    model: str = dataclasses.field(
-        metadata=option("Model name (`recseg models` lists them).", check=accepts(model_spec))
-    )
-    loss: str = dataclasses.field(
-        metadata=option("SoftDice, CrossEntropy or CrossDice.", check=accepts(build_loss))
-    )
+    data: str = data_field()
+    model: str = model_field()
+    loss: str = loss_field()
     weight_decays: str = dataclasses.field(
         default="1e-4",
         metadata=option(
@@ -106,22 +110,9 @@ class LrFindConfig:
             check=accepts(parse_weight_decays),
         ),
     )
-    batch_size: int = dataclasses.field(
-        default=4,
-        metadata=option("Clips per step (B lanes, each streaming its clip).", check=at_least(1)),
-    )
-    seq_len: int = dataclasses.field(
-        default=4,
-        metadata=option(
-            "Frames per lane per step (T): back-propagation through time window.", check=at_least(1)
-        ),
-    )
-    size: str = dataclasses.field(
-        default="",
-        metadata=option(
-            "Train at this frame size HxW; default: the store's size.", check=_size_or_store
-        ),
-    )
+    batch_size: int = batch_size_field()
+    seq_len: int = seq_len_field()
+    size: str = size_field()
     start_lr: float = dataclasses.field(
         default=1e-7, metadata=option("Learning rate of the first step.", check=_positive)
     )
@@ -152,37 +143,12 @@ class LrFindConfig:
             check=one_of(*OPTIMIZERS),
         ),
     )
-    seed: int = dataclasses.field(
-        default=0, metadata=option("Seed of the weights, clip order and augmentation.")
-    )
-    num_workers: int = dataclasses.field(
-        default=2,
-        metadata=option(
-            "Loader worker processes (0: load in the main process).", check=at_least(0)
-        ),
-    )
-    device: str = dataclasses.field(
-        default="auto",
-        metadata=option(
-            "Where to train: auto (CUDA when available), cpu or cuda.",
-            check=one_of("auto", "cpu", "cuda"),
-        ),
-    )
-    output_stride: int = dataclasses.field(
-        default=8, metadata=option("Backbone output stride.", check=one_of(8, 16))
-    )
-    pretrained: str = dataclasses.field(
-        default="",
-        metadata=option(
-            "Local file with torchvision ImageNet backbone weights (never downloaded); "
-            "default: random init.",
-            mltype="string",
-        ),
-    )
-    faithful: bool = dataclasses.field(
-        default=False,
-        metadata=option("Use the thesis code's model choices (frozen backbone, ...)."),
-    )
+    seed: int = seed_field()
+    num_workers: int = num_workers_field()
+    device: str = device_field()
+    output_stride: int = output_stride_field()
+    pretrained: str = pretrained_field()
+    faithful: bool = faithful_field()
     experiment: str = dataclasses.field(
         default=DEFAULT_EXPERIMENT, metadata=option("MLflow experiment of the runs.")
     )
