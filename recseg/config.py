@@ -158,3 +158,8 @@ def accepts(parse: Callable[[Any], object]) -> Check:
 
 
 size_check = accepts(parse_size)
+
+
+def size_or_default(value: str) -> str | None:
+    """A check for a ``--size`` whose empty value means "the default size": "" or HxW."""
+    return None if value == "" else size_check(value)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from recseg.config import build, click_options, option, parse_size, size_check
+from recseg.config import build, click_options, option, parse_size, size_or_default
 from recseg.deploy import FORMATS, MAX_OPSET, MIN_OPSET, check_output
 from recseg.errors import EXIT_FAILURE
 
@@ -56,7 +56,7 @@ class ExportConfig:
         metadata=option(
             "HxW of the example input and the check frames; default: the model's training "
             "size, else 270x512. Batch, H and W stay dynamic in the file.",
-            check=lambda v: size_check(v) if v else None,
+            check=size_or_default,
             metavar="HxW",
         ),
     )

@@ -56,10 +56,11 @@ def segment_cmd(input_video: Path, output: Path, **values: object) -> None:
     background = open_background(cfg.background) if cfg.background else None
     size = parse_size(cfg.size) if cfg.size else None
     probe(input_video)  # a file that is no video fails here, before the model is fetched
-    from recseg.inference.segment import resolve_device, segment_video  # torch: once checked
+    from recseg.inference.segment import segment_video
     from recseg.tracking.model_uri import load_network
+    from recseg.training.setup import pick_device  # torch: once checked
 
-    device = resolve_device(cfg.device)
+    device = pick_device(cfg.device)
     loaded = load_network(cfg.model, device)
     with _sigterm_interrupts():
         stats = segment_video(

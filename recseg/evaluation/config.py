@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from recseg.config import accepts, at_least, option, parse_size, size_check
+from recseg.config import accepts, at_least, one_of, option, parse_size, size_or_default
 from recseg.errors import InputError
 from recseg.training.losses import build_loss
 
@@ -24,10 +24,6 @@ def parse_splits(text: str) -> tuple[str, ...]:
 
 def _loss_or_run(value: str) -> str | None:
     return None if value == "" else accepts(build_loss)(value)
-
-
-def _size_or_model(value: str) -> str | None:
-    return None if value == "" else size_check(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +64,7 @@ class EvaluateConfig:
         default="",
         metadata=option(
             "Evaluate at HxW; default: the size the model was trained at (else the store's).",
-            check=_size_or_model,
+            check=size_or_default,
         ),
     )
     loss: str = dataclasses.field(
@@ -119,7 +115,7 @@ class EvaluateConfig:
         default="auto",
         metadata=option(
             "auto (CUDA when available), cpu or cuda.",
-            check=lambda v: None if v in ("auto", "cpu", "cuda") else f"unknown device {v}",
+            check=one_of("auto", "cpu", "cuda"),
         ),
     )
 

@@ -18,13 +18,19 @@ from recseg.config import as_params
 from recseg.data.store import ClipStore
 from recseg.evaluation.config import DEFAULT_EXPERIMENT, EvaluateConfig
 from recseg.evaluation.figures import figures
-from recseg.evaluation.model_eval import ModelEvaluation, check_splits, evaluate_model
+from recseg.evaluation.model_eval import (
+    ModelEvaluation,
+    check_splits,
+    evaluate_model,
+    split_prefix,
+)
 from recseg.evaluation.report import per_run_csv, summary_table, to_csv, to_html
 from recseg.tracking import evaluate as te
 from recseg.tracking import tags as T
 from recseg.tracking.model_uri import load_network
 from recseg.tracking.preprocess import store_dataset
 from recseg.tracking.runs import log_new_params, quiet_mlflow, tracked_run
+from recseg.training.config import parse_param
 from recseg.training.finish import MODEL_LOGGED
 from recseg.training.setup import open_store, pick_device
 
@@ -74,7 +80,7 @@ def _artifacts(result: ModelEvaluation, split: str) -> dict[str, bytes]:
 
 def _line(label: str, result: ModelEvaluation, split: str) -> str:
     m = result.metrics
-    p = "test_" if split == "test" else f"eval_{split}_"
+    p = split_prefix(split)
     parts = [f"{label}: {split} mIoU {m[p + 'miou']:.4f}", f"fg IoU {m[p + 'fg_iou']:.4f}",
              f"flicker {m[p + 'flicker']:.4f}"]  # fmt: skip
     if result.latency:
@@ -87,9 +93,8 @@ def _line(label: str, result: ModelEvaluation, split: str) -> str:
 def _score(target: Target, cfg: EvaluateConfig, store: ClipStore, device, echo: Echo):
     loaded = load_network(target.uri, device)
     params = target.run.data.params if target.run else {}
-    loss = cfg.loss or params.get("loss") or "CrossDice"
-    if loss.startswith("'"):
-        loss = loss.strip("'\"")
+    logged = parse_param("loss", params["loss"]) if params.get("loss") else ""  # mlflow run: ''
+    loss = cfg.loss or logged or "CrossDice"
     return evaluate_model(loaded, store, cfg, loss, device, progress=sys.stderr.isatty())
 
 

@@ -9,14 +9,10 @@ import dataclasses
 import os
 from pathlib import Path
 
-from recseg.config import at_least, one_of, option, size_check
+from recseg.config import at_least, one_of, option, size_or_default
 from recseg.errors import InputError
 
 CHUNK = 8  # frames per forward pass
-
-
-def _size_or_default(value: str) -> str | None:
-    return None if value == "" else size_check(value)
 
 
 def _threshold_check(value: float) -> str | None:
@@ -53,7 +49,7 @@ class SegmentConfig:
         metadata=option(
             "Working size HxW the network sees; default: the size the model was trained at "
             "(else 270x512) fitted to the video's aspect ratio.",
-            check=_size_or_default,
+            check=size_or_default,
         ),
     )
     threshold: float = dataclasses.field(

@@ -30,10 +30,10 @@ from tqdm import tqdm
 from recseg.config import parse_size
 from recseg.data.footage.video import Mp4Writer
 from recseg.data.video import VideoError, VideoInfo, decode, probe
-from recseg.errors import InputError
 from recseg.inference import CHUNK, check_paths
 from recseg.inference.background import Background, composite, mask_frame, open_background
 from recseg.tracking.model_uri import LoadedModel
+from recseg.training.setup import pick_device
 
 DEFAULT_SIZE = (270, 512)  # working size when the model does not record its training size
 MIN_SIDE = 32
@@ -60,16 +60,6 @@ def working_size(
     h, w = frame_size
     scale = math.sqrt(th * tw / (h * w))
     return max(MIN_SIDE, round(h * scale / 8) * 8), max(MIN_SIDE, round(w * scale / 8) * 8)
-
-
-def resolve_device(name: str | torch.device | None) -> torch.device:
-    """``auto``/None -> CUDA when available, else the CPU; ``cuda`` without CUDA -> InputError."""
-    if name is None or str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: CUDA is not available on this machine")
-    return device
 
 
 def _resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -192,7 +182,7 @@ def segment_video(
     work = size or working_size(shape, loaded.size)
     if device is None:
         device = next(loaded.model.parameters()).device
-    device = resolve_device(device)
+    device = pick_device(device)
     model = loaded.model.to(device).eval()
     job = _Job(input_path, output_path, masks_path, info, work, background, threshold, chunk)
     created = _make_folders(output_path.parent, masks_path.parent if masks_path else None)

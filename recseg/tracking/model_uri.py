@@ -57,18 +57,27 @@ def _download(uri: str, dst: Path) -> Path:
         raise InputError(f"model {uri}: cannot be read ({exc})") from None
 
 
+def build_network(
+    arch_file: Path, weights_file: Path, device: torch.device | str = "cpu"
+) -> tuple[RecurrentDeepLab, dict]:
+    """The network an architecture JSON describes, with its weights loaded strictly (weights
+    only, nothing unpickled); also the architecture dict."""
+    arch = json.loads(Path(arch_file).read_text())
+    weights = torch.load(weights_file, weights_only=True, map_location=device)
+    model = build_model(arch["model"], **arch["options"])
+    model.load_state_dict(weights, strict=True)
+    return model, arch
+
+
 def read_model_dir(folder: Path, uri: str, device: torch.device | str = "cpu") -> LoadedModel:
     """Build the network from a downloaded recseg model folder."""
     arch_file, weights_file = folder / ARCHITECTURE_FILE, folder / WEIGHTS_FILE
     if not arch_file.is_file() or not weights_file.is_file():
         raise InputError(f"model {uri}: not a recseg model (no {ARCHITECTURE_FILE})")
-    arch = json.loads(arch_file.read_text())
     try:
-        weights = torch.load(weights_file, weights_only=True, map_location=device)
+        model, arch = build_network(arch_file, weights_file, device)
     except Exception as exc:  # truncated or foreign file
         raise InputError(f"model {uri}: weights cannot be loaded ({exc})") from None
-    model = build_model(arch["model"], **arch["options"])
-    model.load_state_dict(weights, strict=True)
     size = arch.get("size")
     run_id = None
     if (folder / "MLmodel").is_file():

@@ -25,7 +25,8 @@ from mlflow.types import Schema, TensorSpec
 
 import recseg
 from recseg.errors import InputError
-from recseg.models import RecurrentDeepLab, build_model, model_spec
+from recseg.models import RecurrentDeepLab, model_spec
+from recseg.tracking.model_uri import build_network
 
 WEIGHTS, ARCHITECTURE = "weights", "architecture"
 CHUNK_FRAMES = 8
@@ -63,13 +64,10 @@ class ClipSegmenter(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         """Build the architecture from its JSON and load the weights strictly."""
-        arch = json.loads(Path(context.artifacts[ARCHITECTURE]).read_text())
         self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = build_model(arch["model"], **arch["options"])
-        weights = torch.load(
-            context.artifacts[WEIGHTS], weights_only=True, map_location=self._device
+        model, _ = build_network(
+            Path(context.artifacts[ARCHITECTURE]), Path(context.artifacts[WEIGHTS]), self._device
         )
-        model.load_state_dict(weights, strict=True)
         self._model = model.to(self._device).eval()
 
     def predict(

@@ -12,7 +12,16 @@ import math
 import shlex
 from typing import Any
 
-from recseg.config import accepts, at_least, fields, flag, one_of, option, parse_size, size_check
+from recseg.config import (
+    accepts,
+    at_least,
+    fields,
+    flag,
+    one_of,
+    option,
+    parse_size,
+    size_or_default,
+)
 from recseg.errors import InputError
 from recseg.models.registry import model_spec
 from recseg.training.losses import build_loss
@@ -32,10 +41,6 @@ LOWER_IS_BETTER = ("val_loss", "val_flicker")
 # Options of the job rather than the run: not compared (nor re-logged) when a run resumes.
 DEFAULT_EXPERIMENT = "train"
 JOB_OPTIONS = ("run_id", "time_limit", "num_workers", "experiment", "checkpoint_dir", "device")
-
-
-def _size_or_store(value: str) -> str | None:
-    return None if value == "" else size_check(value)
 
 
 def _non_negative(value: float) -> str | None:
@@ -84,7 +89,7 @@ def size_field() -> Any:
     return dataclasses.field(
         default="",
         metadata=option(
-            "Train at this frame size HxW; default: the store's size.", check=_size_or_store
+            "Train at this frame size HxW; default: the store's size.", check=size_or_default
         ),
     )
 

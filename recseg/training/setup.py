@@ -51,13 +51,15 @@ def open_store(data: str) -> ClipStore:
     return ClipStore(root)
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto``: CUDA when available, else the CPU."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: CUDA is not available on this machine")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+def pick_device(name: str | torch.device | None) -> torch.device:
+    """``auto`` (or None): CUDA when available, else the CPU; a CUDA device without CUDA ->
+    ``InputError``."""
+    if name is None or str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available on this machine")
+    return device
 
 
 def seed_everything(seed: int) -> None:
