@@ -185,8 +185,12 @@ def test_signals_only_set_a_flag() -> None:
         assert not stop.requested
         os.kill(os.getpid(), signal.SIGUSR1)
         assert stop.reason == "signal SIGUSR1"
-        os.kill(os.getpid(), signal.SIGTERM)  # the first reason stays
-        assert stop.reason == "signal SIGUSR1"
+        os.kill(os.getpid(), signal.SIGUSR1)  # the first reason stays
+        assert stop.reason == "signal SIGUSR1" and not stop.due(0)
+        os.kill(os.getpid(), signal.SIGTERM)  # a hard request replaces a soft one
+        assert stop.reason == "signal SIGTERM" and stop.due(0)
+        os.kill(os.getpid(), signal.SIGUSR2)  # ... but not another hard one
+        assert stop.reason == "signal SIGTERM"
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 

@@ -24,6 +24,8 @@ COMMANDS = {
     "promote": "recseg.cli.promote:promote_cmd",
     "segment": "recseg.cli.segment:segment_cmd",
     "export": "recseg.cli.export:export_cmd",
+    "job": "recseg.cli.job:job_cmd",
+    "sweep": "recseg.cli.sweep:sweep_cmd",
 }
 
 

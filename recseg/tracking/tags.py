@@ -14,3 +14,7 @@ BACKBONE = "backbone"
 CELL = "cell"  # "lstm", "gru" or "none"
 POSITION = "position"  # "output", "decoder", "branch" or "none"
 MODEL = "model"  # the --model name as given
+SWEEP = "recseg.sweep"  # on a sweep's training runs: the id of the sweep's parent run
+SWEEP_KEY = "recseg.sweep.key"  # on a sweep's parent run: a hash of what it sweeps over
+NEXT_JOB = "recseg.grid.next_job"  # the job a grid job resubmitted to continue the run
+RESTARTS = "recseg.grid.restarts"  # how many times the grid resubmitted the run's job

@@ -54,6 +54,17 @@ def find_run(cfg: TrainConfig, client: MlflowClient) -> Run | None:
     return run
 
 
+def set_run_tags(run_id: str, tags: dict[str, Any]) -> None:
+    """Set tags on a run that is not active in this process."""
+    MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def mark_failed(run_id: str, message: str) -> None:
+    """End a run FAILED, saying why in its ``recseg.stopped`` tag."""
+    set_run_tags(run_id, {T.STOPPED: message})
+    MlflowClient().set_terminated(run_id, "FAILED")
+
+
 def logged_steps(client: MlflowClient, run: Run) -> set[tuple[str, int]]:
     """``(metric, step)`` pairs the run already has (system metrics aside)."""
     done: set[tuple[str, int]] = set()

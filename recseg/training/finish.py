@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import random
 import socket
 import sys
 import time
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 import torch
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 
 from recseg.config import as_params
 from recseg.tracking import tags as T
@@ -86,10 +88,23 @@ def start_tracking(job: Job, existing: Run | None, state: dict[str, Any] | None)
     run.start_heartbeat()
     info = system_info(job.setup.device)
     run.log_json(info, f"system/{info['hostname']}-{int(time.time())}.json")
-    if existing is None or T.KIND not in existing.data.tags:  # new (maybe from `mlflow run`)
-        mlflow.log_input(store_dataset(job.setup.store), context="train")
+    if existing is None or not existing.inputs.dataset_inputs:  # new, or scheduled by a sweep
+        _log_dataset(store_dataset(job.setup.store))
     if state is not None:
         _catch_up(job, state)
+
+
+def _log_dataset(dataset: Any, tries: int = 3) -> None:
+    """``mlflow.log_input``; jobs starting together race to create the experiment's dataset
+    record (a unique-constraint error for the losers): the next try finds it made."""
+    for attempt in range(tries):
+        try:
+            mlflow.log_input(dataset, context="train")
+            return
+        except MlflowException as exc:
+            if attempt == tries - 1 or "UNIQUE" not in str(exc).upper():
+                raise
+            time.sleep(0.5 + random.random())
 
 
 def _catch_up(job: Job, state: dict[str, Any]) -> None:

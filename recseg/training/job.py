@@ -3,6 +3,7 @@ with 0 (the run is FINISHED) or 99 (stopped on request after a checkpoint: reque
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
@@ -198,14 +199,28 @@ def _process_start() -> float:
     return time.monotonic() - max(0.0, age)
 
 
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """How a training job ended: the exit code (0 or 99), the run, and why it stopped."""
+
+    code: int
+    run_id: str
+    stop_reason: str | None = None
+
+
 def train(cfg: TrainConfig, echo: Echo = print, stop: StopRequest | None = None) -> int:
-    """Run (or continue) a training run; returns the exit code (0 or 99).
+    """Run (or continue) a training run; returns the exit code (0 or 99)."""
+    return train_run(cfg, echo, stop).code
+
+
+def train_run(cfg: TrainConfig, echo: Echo = print, stop: StopRequest | None = None) -> Outcome:
+    """Run (or continue) a training run; see :class:`Outcome`.
 
     ``stop`` is an installed :class:`StopRequest` (the command installs one before the heavy
     imports, so a signal that comes early is not lost); by default one is made here."""
     existing = find_run(cfg, MlflowClient())
     if existing is not None and already_done(existing, echo):
-        return EXIT_OK
+        return Outcome(EXIT_OK, existing.info.run_id)
     setup = build_setup(cfg, warn=lambda m: echo(f"warning: {m}"))
     own = stop is None
     stop = stop or StopRequest()
@@ -220,7 +235,9 @@ def train(cfg: TrainConfig, echo: Echo = print, stop: StopRequest | None = None)
     if own:
         stop.install()
     try:
-        return _run(job, existing, state)
+        code = _run(job, existing, state)
+        reason = (stop.reason or "time limit") if code == EXIT_REQUEUE else None
+        return Outcome(code, job.run_id, reason)
     finally:
         if own:
             stop.restore()

@@ -11,6 +11,9 @@ import time
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+# A soft request (Grid Engine's s_rt sends SIGUSR1) waits until this process made one step, so
+# a soft limit shorter than the job's start-up still makes progress; the others stop at once.
+SOFT_SIGNALS = (signal.SIGUSR1,)
 
 
 class StopRequest:
@@ -23,6 +26,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.reason: str | None = None
+        self.signal: int | None = None
         self._previous: dict[int, object] = {}
 
     def install(self) -> StopRequest:
@@ -38,7 +42,11 @@ class StopRequest:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT and self.reason is not None:
             raise KeyboardInterrupt
-        self.reason = self.reason or f"signal {signal.Signals(signum).name}"
+        # the first request stands, but a hard one (SIGUSR2: killed soon; SIGTERM) replaces
+        # a soft one (SIGUSR1), so the job knows it must stop now and why
+        if self.reason is None or (self.signal in SOFT_SIGNALS and signum not in SOFT_SIGNALS):
+            self.reason = f"signal {signal.Signals(signum).name}"
+            self.signal = signum
 
     def request(self, reason: str) -> None:
         """Ask for a stop from code (tests, other watchers)."""
@@ -47,6 +55,10 @@ class StopRequest:
     @property
     def requested(self) -> bool:
         return self.reason is not None
+
+    def due(self, steps_taken: int) -> bool:
+        """Stop now? A soft request (SIGUSR1) once this process has taken a step."""
+        return self.requested and (steps_taken > 0 or self.signal not in SOFT_SIGNALS)
 
     def __enter__(self) -> StopRequest:
         return self.install()

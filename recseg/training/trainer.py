@@ -93,6 +93,7 @@ class Trainer:
         self.device, self.amp = device, bool(amp and device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.stop, self.budget = stop, budget
+        self.steps_taken = 0  # optimizer steps this process took
         self.bars = progress_bars
         self.progress = Progress()
         self.lanes: State | None = None
@@ -134,32 +135,29 @@ class Trainer:
     ) -> bool:
         """Train until the last epoch (True) or a stop request (False, after ``on_stop``)."""
         p = self.progress
-        steps_this_process = 0
         while not self.finished:
-            if self.stop.requested:  # came during the last evaluation or logging
+            if self.stop.due(self.steps_taken):  # came during the last evaluation or logging
                 on_stop(self.stop.reason or "stop requested")
                 return False
-            if steps_this_process and not self.budget.epoch_fits(p.last_epoch_seconds):
+            if self.steps_taken and not self.budget.epoch_fits(p.last_epoch_seconds):
                 on_stop("time limit")
                 return False
-            done, taken = self._train_epoch()
-            steps_this_process += taken
+            done = self._train_epoch()
             if not done:
                 on_stop(self.stop.reason or "time limit")
                 return False
             on_epoch_end(self._end_epoch())
         return True
 
-    def _should_stop(self, taken: int) -> bool:
-        if self.stop.requested:
+    def _should_stop(self) -> bool:
+        if self.stop.due(self.steps_taken):
             return True
-        return taken > 0 and not self.budget.step_fits()
+        return self.steps_taken > 0 and not self.budget.step_fits()
 
-    def _train_epoch(self) -> tuple[bool, int]:
-        """Steps to the end of the current epoch; ``(finished, steps taken)``."""
+    def _train_epoch(self) -> bool:
+        """Steps to the end of the current epoch; True when the epoch finished."""
         p, loader = self.progress, self.train_loader
         self.model.train()
-        taken = 0
         bar = tqdm(
             total=len(loader),
             initial=loader.step,
@@ -171,7 +169,7 @@ class Trainer:
         with bar:
             if loader.step >= len(loader):  # saved right after the epoch's last batch
                 list(loader)
-                return True, 0
+                return True
             tick = time.perf_counter()
             for batch in loader:
                 self._step(batch)
@@ -179,12 +177,12 @@ class Trainer:
                 self.budget.record_step(now - tick)
                 p.seconds += now - tick
                 tick = now
-                taken += 1
+                self.steps_taken += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{p.loss_sum / max(1, p.steps):.4f}", refresh=False)
-                if loader.step < len(loader) and self._should_stop(taken):
-                    return False, taken
-        return True, taken
+                if loader.step < len(loader) and self._should_stop():
+                    return False
+        return True
 
     def _step(self, batch: dict[str, Any]) -> None:
         p = self.progress

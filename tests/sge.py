@@ -1,0 +1,134 @@
+"""A real single-node Grid Engine for tests: bring it up with grid/local-sge.sh, submit jobs,
+wait for them, read ``qacct`` and the job logs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+GRID = Path(__file__).resolve().parents[1] / "grid"
+
+
+def _queue_ready() -> bool:
+    if shutil.which("qstat") is None:
+        return False
+    done = subprocess.run(["qstat", "-f", "-q", "all.q"], capture_output=True, text=True)
+    lines = [ln.split() for ln in done.stdout.splitlines() if ln.startswith("all.q@")]
+    return done.returncode == 0 and any(len(parts) == 5 for parts in lines)
+
+
+def ensure_grid_engine() -> bool:
+    """Make sure a Grid Engine with a usable all.q runs; True when this call started it.
+    Skips (saying why) where that cannot be done: not root, or no apt-get."""
+    if _queue_ready():
+        return False
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip(
+            "no Grid Engine here, and setting one up needs root and apt-get: run "
+            "`sudo bash grid/local-sge.sh start` to include the grid tests"
+        )
+    done = subprocess.run(
+        ["bash", str(GRID / "local-sge.sh"), "start"], capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return True
+
+
+def stop_grid_engine() -> None:
+    subprocess.run(["bash", str(GRID / "local-sge.sh"), "stop"], capture_output=True, timeout=120)
+
+
+def qsub(script: str, variables: dict[str, str], *options: str, cwd: Path) -> str:
+    """Submit a grid script as a user would; the job id."""
+    listed = ",".join(f"{k}={v}" for k, v in variables.items())
+    cmd = ["qsub", "-terse", *options, "-v", listed, str(GRID / script)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def queued(names: set[str]) -> list[tuple[str, str, str]]:
+    """``(id, name, state)`` of the jobs in the system whose name is in ``names``."""
+    out = subprocess.run(
+        ["qstat", "-u", "*", "-xml"], capture_output=True, text=True, timeout=60
+    ).stdout
+    jobs = []
+    for job in ET.fromstring(out).iter("job_list"):
+        name = job.findtext("JB_name") or ""
+        if name in names:
+            jobs.append((job.findtext("JB_job_number") or "", name, job.findtext("state") or ""))
+    return jobs
+
+
+def wait_until_gone(names: set[str], timeout: float) -> None:
+    """Wait until no job of these names is queued or running (copies included)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = queued(names)
+        if not jobs:
+            return
+        assert not any("E" in state for _, _, state in jobs), jobs
+        time.sleep(1)
+    raise AssertionError(f"jobs still there after {timeout} s: {queued(names)}")
+
+
+@dataclass(frozen=True)
+class Accounted:
+    """One finished job in ``qacct``."""
+
+    job: str
+    exit_status: int
+    start: str
+    end: str
+    wallclock: float
+
+
+def _parse_time(text: str) -> float:
+    return time.mktime(time.strptime(text.strip(), "%a %b %d %H:%M:%S %Y"))
+
+
+def accounting(name: str, since: str, expected: int, timeout: float = 30) -> list[Accounted]:
+    """The ``qacct`` records of the jobs called ``name`` whose id is ``since`` or later (an
+    earlier session's jobs of the same name are left out); waits for ``expected`` of them."""
+    deadline = time.monotonic() + timeout
+    records: list[Accounted] = []
+    while time.monotonic() < deadline:
+        done = subprocess.run(["qacct", "-j", name], capture_output=True, text=True)
+        records = []
+        for block in done.stdout.split("=" * 62)[1:]:
+            fields = dict(
+                (m.group(1), m.group(2).strip())
+                for m in re.finditer(r"^(\w+)\s+(.*)$", block, re.MULTILINE)
+            )
+            if int(fields["jobnumber"]) < int(since):
+                continue
+            records.append(
+                Accounted(
+                    fields["jobnumber"],
+                    int(fields["exit_status"].split()[0]),
+                    fields["start_time"],
+                    fields["end_time"],
+                    float(fields["ru_wallclock"].rstrip("s")),
+                )
+            )
+        if len(records) >= expected:
+            return sorted(records, key=lambda r: int(r.job))
+        time.sleep(1)
+    return sorted(records, key=lambda r: int(r.job))
+
+
+def started_after_end(later: Accounted, earlier: Accounted) -> bool:
+    return _parse_time(later.start) >= _parse_time(earlier.end)
+
+
+def log_of(cwd: Path, name: str, job: str) -> str:
+    """The job's log (the scripts' default ``-o $JOB_NAME.$JOB_ID.log`` in its folder)."""
+    return (cwd / f"{name}.{job}.log").read_text()
