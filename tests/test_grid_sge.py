@@ -51,6 +51,11 @@ def job_env(uri: str, **variables: str) -> dict[str, str]:
     return {"RECSEG_ENV": sys.prefix, "MLFLOW_TRACKING_URI": uri, **variables}
 
 
+def recseg(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "recseg", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
 def only_run(uri: str, experiment: str):
     """The one training run of the experiment (the evaluation adds its summary run)."""
     client = MlflowClient(uri)
@@ -126,8 +131,7 @@ def test_sweep_submits_each_configuration_once(
             "--seq-len", "3", "--num-workers", "0", "--no-system-metrics",
             "--experiment", "grid-sweep", "--log-dir", "logs"]  # fmt: skip
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
-    first = subprocess.run([sys.executable, "-m", "recseg", *args], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    first = recseg(*args, cwd=tmp_path, env=env)
     assert first.returncode == 0, first.stderr
     submitted = [ln.split()[2].rstrip(":") for ln in first.stdout.splitlines()
                  if ln.strip().startswith("submitted job")]  # fmt: skip
@@ -154,12 +158,20 @@ def test_sweep_submits_each_configuration_once(
         tuple(n.split("-")) for n in names
     }
 
-    again = subprocess.run([sys.executable, "-m", "recseg", *args], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    again = recseg(*args, cwd=tmp_path, env=env)
     assert again.returncode == 0, again.stderr
     assert "0 to submit" in again.stdout and "submitted job" not in again.stdout
     assert not sge.queued(names)
     assert len(client.search_runs([exp.experiment_id])) == 5
+
+    # a configuration whose job was deleted before it started: SCHEDULED without a job
+    held = [*args[:4], "Deep+_mobile", "--loss", "CrossEntropy", *args[7:], "--qsub-args", "-h"]
+    third = recseg(*held, cwd=tmp_path, env=env)
+    assert third.returncode == 0 and "submitted job" in third.stdout, third.stderr
+    job = next(ln.split()[2].rstrip(":") for ln in third.stdout.splitlines() if "submitted" in ln)
+    subprocess.run(["qdel", job], check=True, capture_output=True)
+    retry = recseg(*held, "--retry", "--dry-run", cwd=tmp_path, env=env)
+    assert "retry: model=Deep+_mobile loss=CrossEntropy" in retry.stdout, retry.stdout
 
 
 def test_restart_limit_qdel_bad_input_and_lr_find(
@@ -167,7 +179,8 @@ def test_restart_limit_qdel_bad_input_and_lr_find(
 ) -> None:
     good = job_env(mlflow_server, DATA=str(store), **TRAIN)
     limited = {**good, "EXPERIMENT": "grid-limit", "MAX_RESTARTS": "1"}
-    first = sge.qsub("train.sge", limited, "-N", "t-limit", "-l", "s_rt=0:0:12,h_rt=0:2:0",
+    # only a hard limit: SIGUSR2 a notify time (10 s) before SIGKILL; checkpoint and resubmit
+    first = sge.qsub("train.sge", limited, "-N", "t-limit", "-l", "h_rt=0:0:20",
                      cwd=tmp_path)  # fmt: skip
     deleted = sge.qsub("train.sge", {**good, "EXPERIMENT": "grid-qdel"}, "-N", "t-qdel",
                        cwd=tmp_path)  # fmt: skip
@@ -200,6 +213,8 @@ def test_restart_limit_qdel_bad_input_and_lr_find(
 
     limit = sge.accounting("t-limit", first, expected=2)
     assert len(limit) == 2 and [r.exit_status for r in limit] == [0, 1], limit
+    assert "stopped: signal SIGUSR2" in sge.log_of(tmp_path, "t-limit", limit[0].job)
+    assert f"resubmitted as job {limit[1].job}" in sge.log_of(tmp_path, "t-limit", limit[0].job)
     assert "restart limit reached" in sge.log_of(tmp_path, "t-limit", limit[-1].job)
     _, run = only_run(mlflow_server, "grid-limit")
     assert run.info.status == "FAILED"

@@ -37,7 +37,7 @@ from recseg.training.lr_find import LrFindConfig
 from recseg.training.setup import build_setup
 from recseg.training.stopping import StopRequest, TimeBudget
 from recseg.training.trainer import Trainer
-from tests.gridhelp import ROOT, blank_train_variables, non_default_config, train_config
+from tests.gridhelp import ONE_THREAD, ROOT, blank_train_variables, non_default_config, train_config
 from tests.media import one_error_line, run_recseg
 from tests.stores import make_store
 
@@ -326,3 +326,37 @@ def test_a_trainer_stops_after_the_steps_a_signal_allows(
     assert done is False
     assert trainer.progress.step == steps
     assert stops == [f"signal {signal.Signals(signum).name}"]
+
+
+def test_a_stopped_lr_find_job_ends_its_runs_failed(
+    store: Path, tmp_path: Path, mlflow_server: str
+) -> None:
+    """lr-find cannot checkpoint: the warning before SIGKILL ends its runs FAILED, not RUNNING."""
+    import sys
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    env = {**os.environ, **ONE_THREAD, "MLFLOW_TRACKING_URI": mlflow_server, "DATA": str(store),
+           "MODEL": "Deep+_mobile", "LOSS": "CrossDice", "NUM_ITER": "100000", "BATCH_SIZE": "2",
+           "SEQ_LEN": "2", "NUM_WORKERS": "0", "EXPERIMENT": "lr-stopped"}  # fmt: skip
+    cmd = [sys.executable, "-m", "recseg", "job", "lr-find"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    client = MlflowClient(mlflow_server)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        exp = client.get_experiment_by_name("lr-stopped")
+        if exp and client.search_runs([exp.experiment_id]):
+            break
+        time.sleep(0.5)
+    time.sleep(2)  # into the range test
+    os.kill(proc.pid, signal.SIGUSR1)  # a suspension warning: ignored
+    time.sleep(0.5)
+    assert proc.poll() is None
+    os.kill(proc.pid, signal.SIGUSR2)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-2000:]
+    assert "lr-find stopped by signal SIGUSR2" in out
+    runs = client.search_runs([client.get_experiment_by_name("lr-stopped").experiment_id])
+    assert runs and all(r.info.status == "FAILED" for r in runs), [r.info.status for r in runs]

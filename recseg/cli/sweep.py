@@ -71,7 +71,8 @@ def _train_options(func: Callable) -> Callable:
 @click.option(
     "--retry",
     is_flag=True,
-    help="Resubmit configurations whose run FAILED or was KILLED (same run).",
+    help="Resubmit configurations whose run FAILED, was KILLED, or is SCHEDULED but its job "
+    "is gone from Grid Engine (continuing the same run).",
 )
 @click.option(
     "--evaluate",

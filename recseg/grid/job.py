@@ -4,10 +4,11 @@ resubmits itself to continue the same MLflow run, up to ``MAX_RESTARTS`` times, 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import click
@@ -57,17 +58,44 @@ def run_job(task: str, environ: Mapping[str, str], echo: Echo) -> int:
     try:
         if task == "train":
             return _train_job(values, environ, echo)
-        if task == "lr-find":
-            from recseg.cli.lr_find import lr_find_and_exit
+        with _stoppable():
+            if task == "lr-find":
+                from recseg.cli.lr_find import lr_find_and_exit
 
-            lr_find_and_exit(values)
-        else:
-            from recseg.cli.evaluate import evaluate_and_exit
+                lr_find_and_exit(values)
+            else:
+                from recseg.cli.evaluate import evaluate_and_exit
 
-            evaluate_and_exit(values)
+                evaluate_and_exit(values)
     except InputError as exc:
         raise InputError(in_variables(command, str(exc))) from None
+    except JobStopped as exc:
+        echo(f"recseg: error: {task} stopped by {exc} (the job's hard time limit or qdel); "
+             "its MLflow runs are marked FAILED")  # fmt: skip
+        return EXIT_FAILURE
     return EXIT_OK
+
+
+class JobStopped(Exception):
+    """A job that cannot checkpoint (lr-find, evaluate) is being ended by Grid Engine."""
+
+
+@contextlib.contextmanager
+def _stoppable() -> Iterator[None]:
+    """SIGUSR2 and SIGTERM (the warning before SIGKILL) end the work with :class:`JobStopped`,
+    so the MLflow runs it has open end FAILED rather than stay RUNNING; SIGUSR1 (the warning
+    before a suspension) is ignored."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise JobStopped(f"signal {signal.Signals(signum).name}")
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGUSR2, signal.SIGTERM)}
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _train_job(values: dict[str, Any], environ: Mapping[str, str], echo: Echo) -> int:
@@ -115,7 +143,8 @@ def _requeue(sge: SgeJob, run_id: str, signum: int | None, limit: int, echo: Ech
         echo(f"recseg: error: could not resubmit job {sge.job_id}: {exc}; the run keeps its "
              f"checkpoint: continue it with {again}")  # fmt: skip
         return EXIT_FAILURE
-    set_run_tags(run_id, {T.NEXT_JOB: new, T.RESTARTS: sge.restarts + 1})
+    with contextlib.suppress(Exception):  # the new job is on its way; the tags only inform
+        set_run_tags(run_id, {T.NEXT_JOB: new, T.RESTARTS: sge.restarts + 1})
     echo(f"resubmitted as job {new} (restart {sge.restarts + 1} of at most {limit}) to "
          f"continue run {run_id}")  # fmt: skip
     return EXIT_OK

@@ -112,6 +112,15 @@ def job_state(job_id: str) -> str:
     return ""
 
 
+def queued_jobs() -> set[str] | None:
+    """Ids of every job Grid Engine holds (pending or running); None when it does not answer."""
+    try:
+        out = _run(["qstat", "-u", "*"], timeout=30)
+    except GridError:
+        return None
+    return {line.split()[0] for line in out.splitlines()[2:] if line.split()}
+
+
 @dataclasses.dataclass(frozen=True)
 class SgeJob:
     """The Grid Engine job this process runs in."""

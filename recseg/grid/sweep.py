@@ -127,22 +127,30 @@ class Plan:
     cfg: TrainConfig
     run: Run | None = None
     job: str = ""
+    orphan: bool = False  # SCHEDULED, but its job is no longer in Grid Engine
 
     @property
     def action(self) -> str:
         if self.run is None:
             return "new"
-        return "retry" if self.run.info.status in RETRY else "exists"
+        return "retry" if self.run.info.status in RETRY or self.orphan else "exists"
 
 
 def plan(grid: Grid, train_cmd: click.Command, client: MlflowClient) -> list[Plan]:
     """The configurations, each with the training run it already has (if any)."""
+    from recseg.grid.sge import queued_jobs
+
     configs = configurations(grid, train_cmd)
     runs = training_runs(client, configs[0].experiment_name)
+    queued = None
     out = []
     for cfg in configs:
         found = next((r for r in runs if matches(cfg, r)), None)
-        out.append(Plan(cfg, found))
+        orphan = False
+        if found is not None and found.info.status == "SCHEDULED":
+            queued = queued_jobs() if queued is None else queued
+            orphan = queued is not None and found.data.tags.get(T.JOB, "") not in queued
+        out.append(Plan(cfg, found, orphan=orphan))
     return out
 
 
@@ -211,7 +219,7 @@ def submit(grid: Grid, plans: Sequence[Plan], train_cmd: click.Command, echo: Ec
         if p.action == "exists" or (p.action == "retry" and not grid.retry):
             assert p.run is not None
             hint = "  (--retry resubmits it)" if p.action == "retry" else ""
-            status = p.run.info.status.lower()
+            status = p.run.info.status.lower() + (" without a job" if p.orphan else "")
             echo(f"  {status}: run {p.run.info.run_id}  {label(grid, p.cfg)}{hint}")
             continue
         run_id = p.run.info.run_id if p.run is not None else new_run(client, p.cfg, parent)
