@@ -191,9 +191,13 @@ def test_restart_limit_qdel_bad_input_and_lr_find(
     }
     for name, (variables, _) in bad.items():
         sge.qsub("train.sge", variables, "-N", name, cwd=tmp_path)
+    # RECSEG_ENV by name, found under CONDA_ROOT/envs (here: a link to this environment)
+    (tmp_path / "conda" / "envs").mkdir(parents=True)
+    (tmp_path / "conda" / "envs" / "recseg-env").symlink_to(sys.prefix)
     lr = job_env(mlflow_server, DATA=str(store), MODEL="Deep+_mobile", LOSS="CrossDice",
                  WEIGHT_DECAYS="0%2C1e-4", NUM_ITER="4", BATCH_SIZE="2", SEQ_LEN="2",
-                 NUM_WORKERS="0", EXPERIMENT="grid-lr")  # fmt: skip
+                 NUM_WORKERS="0", EXPERIMENT="grid-lr", RECSEG_ENV="recseg-env",
+                 CONDA_ROOT=str(tmp_path / "conda"))  # fmt: skip
     sge.qsub("lr_find.sge", lr, "-N", "t-lr-find", cwd=tmp_path)
 
     log = tmp_path / f"t-qdel.{deleted}.log"
