@@ -22,7 +22,7 @@ COMMON=$SGE_ROOT/$SGE_CELL/common
 CLEAN_ENV=(env -i "SGE_ROOT=$SGE_ROOT" "SGE_CELL=$SGE_CELL" PATH=/usr/sbin:/usr/bin:/sbin:/bin)
 
 say() { echo "local-sge: $*"; }
-die() { echo "local-sge: $*" >&2; exit "${2:-1}"; }
+die() { echo "local-sge: $1" >&2; exit "${2:-1}"; }
 
 installed() {
   local p
@@ -59,6 +59,17 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
     sleep 0.25
   done
   die "$what did not come up within ${limit} s (see /var/spool/gridengine/qmaster/messages)"
+}
+
+local_cell() {
+  # never touch a cell whose qmaster is another machine (a real cluster this host submits to)
+  local master="" host
+  host=$(hostname)
+  [ -f "$COMMON/act_qmaster" ] && master=$(tr -d '[:space:]' <"$COMMON/act_qmaster")
+  case "$master" in
+    "" | localhost | "$host" | "$(hostname -f 2>/dev/null || echo "$host")") return 0 ;;
+  esac
+  die "the cell $SGE_ROOT/$SGE_CELL belongs to the cluster of $master; this script only manages a single-node Grid Engine (use another SGE_CELL)" 2
 }
 
 name_this_host() {
@@ -168,6 +179,7 @@ queue_ready() {
 
 start() {
   install_packages
+  local_cell
   name_this_host
   if ! running sge_qmaster; then
     "${CLEAN_ENV[@]}" /usr/sbin/sge_qmaster
@@ -183,6 +195,7 @@ start() {
 }
 
 stop() {
+  local_cell
   if qmaster_up; then
     qconf -ke localhost >/dev/null 2>&1 || true
     qconf -km >/dev/null 2>&1 || true

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -25,9 +26,23 @@ def _queue_ready() -> bool:
     return done.returncode == 0 and any(len(parts) == 5 for parts in lines)
 
 
+def _qmaster() -> str:
+    """The host named in the cell's ``act_qmaster`` ("" when there is no cell)."""
+    root = os.environ.get("SGE_ROOT", "/var/lib/gridengine")
+    path = Path(root) / os.environ.get("SGE_CELL", "default") / "common" / "act_qmaster"
+    return path.read_text().strip() if path.exists() else ""
+
+
 def ensure_grid_engine() -> bool:
-    """Make sure a Grid Engine with a usable all.q runs; True when this call started it.
-    Skips (saying why) where that cannot be done: not root, or no apt-get."""
+    """Make sure a single-node Grid Engine with a usable all.q runs here; True when this call
+    started it. Skips (saying why) where that cannot be done: not root, no apt-get, the
+    packages cannot be installed, or this host submits to a cluster (tests never submit to a
+    real cluster unless RECSEG_TEST_GRID=any)."""
+    master = _qmaster()
+    local = {"", "localhost", socket.gethostname(), socket.getfqdn()}
+    if master not in local and os.environ.get("RECSEG_TEST_GRID") != "any":
+        pytest.skip(f"this host submits to the Grid Engine cluster of {master}: the grid tests "
+                    "use a local one only (or set RECSEG_TEST_GRID=any)")  # fmt: skip
     if _queue_ready():
         return False
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
@@ -38,6 +53,8 @@ def ensure_grid_engine() -> bool:
     done = subprocess.run(
         ["bash", str(GRID / "local-sge.sh"), "start"], capture_output=True, text=True, timeout=900
     )
+    if done.returncode == 3:  # the packages could not be installed (no network, no such ones)
+        pytest.skip(f"could not install Grid Engine: {done.stderr.strip()}")
     assert done.returncode == 0, done.stdout + done.stderr
     return True
 

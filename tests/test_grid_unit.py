@@ -360,3 +360,17 @@ def test_a_stopped_lr_find_job_ends_its_runs_failed(
     assert "lr-find stopped by signal SIGUSR2" in out
     runs = client.search_runs([client.get_experiment_by_name("lr-stopped").experiment_id])
     assert runs and all(r.info.status == "FAILED" for r in runs), [r.info.status for r in runs]
+
+
+def test_local_sge_never_touches_a_cluster_cell(tmp_path: Path) -> None:
+    """grid/local-sge.sh refuses a cell whose qmaster is another machine (a real cluster)."""
+    common = tmp_path / "default" / "common"
+    common.mkdir(parents=True)
+    (common / "act_qmaster").write_text("clusterhead.example.org\n")
+    env = {**os.environ, "SGE_ROOT": str(tmp_path), "SGE_CELL": "default"}
+    script = str(ROOT / "grid" / "local-sge.sh")
+    done = subprocess.run(["bash", script, "stop"], env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "clusterhead.example.org" in done.stderr, done.stderr
+    assert (common / "act_qmaster").read_text() == "clusterhead.example.org\n"
+    usage = subprocess.run(["bash", script, "restart"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "start|stop|status" in usage.stderr
