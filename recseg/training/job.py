@@ -201,11 +201,10 @@ def _process_start() -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """How a training job ended: the exit code (0 or 99), the run, and why it stopped."""
+    """How a training job ended: the exit code (0 or 99) and the run."""
 
     code: int
     run_id: str
-    stop_reason: str | None = None
 
 
 def train(cfg: TrainConfig, echo: Echo = print, stop: StopRequest | None = None) -> int:
@@ -235,9 +234,7 @@ def train_run(cfg: TrainConfig, echo: Echo = print, stop: StopRequest | None = N
     if own:
         stop.install()
     try:
-        code = _run(job, existing, state)
-        reason = (stop.reason or "time limit") if code == EXIT_REQUEUE else None
-        return Outcome(code, job.run_id, reason)
+        return Outcome(_run(job, existing, state), job.run_id)
     finally:
         if own:
             stop.restore()
