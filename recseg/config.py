@@ -18,6 +18,8 @@ import click
 from recseg.errors import InputError
 
 Check = Callable[[Any], str | None]
+# What --model / --model-uri accept, in every help text and error that names them.
+MODEL_URIS = "runs:/RID/model, models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-ID or a folder"
 
 
 def option(

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from recseg.config import build, click_options, option, parse_size, size_or_default
+from recseg.config import MODEL_URIS, build, click_options, option, parse_size, size_or_default
 from recseg.deploy import FORMATS, MAX_OPSET, MIN_OPSET, check_output
 from recseg.errors import EXIT_FAILURE
 
@@ -32,8 +32,7 @@ class ExportConfig:
 
     model: str = dataclasses.field(
         metadata=option(
-            "Model URI: runs:/RID/model, models:/NAME@ALIAS, models:/NAME/VERSION, "
-            "models:/m-ID or a local model folder.",
+            f"Model URI: {MODEL_URIS}.",
             metavar="URI",
         )
     )

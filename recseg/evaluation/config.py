@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from recseg.config import accepts, at_least, one_of, option, parse_size, size_or_default
+from recseg.config import MODEL_URIS, accepts, at_least, one_of, option, parse_size, size_or_default
 from recseg.errors import InputError
 from recseg.training.losses import build_loss
 
@@ -40,10 +40,7 @@ class EvaluateConfig:
     )
     model_uri: str = dataclasses.field(
         default="",
-        metadata=option(
-            "Evaluate this model (runs:/RID/model, models:/NAME@ALIAS, models:/NAME/VERSION, a "
-            "folder); logged in a run of its own."
-        ),
+        metadata=option(f"Evaluate this model ({MODEL_URIS}); logged in a run of its own."),
     )
     experiment: str = dataclasses.field(
         default="",

@@ -45,14 +45,18 @@ def args_from_env(command: click.Command, environ: Mapping[str, str]) -> list[st
         raw = environ.get(name, "")
         if raw == "":
             continue
-        value = decode(raw)
-        if opt.is_bool_flag and opt.secondary_opts:
-            if value.lower() not in (*TRUE, *FALSE):
-                raise InputError(f"{name}: expected true or false, got '{value}'")
-            args.append(opt.opts[0] if value.lower() in TRUE else opt.secondary_opts[0])
-        else:
-            args += [opt.opts[0], value]
+        args += option_args(opt, decode(raw), name)
     return args
+
+
+def option_args(opt: click.Option, value: str, label: str) -> list[str]:
+    """The arguments that give ``opt`` the text ``value``: ``--x VALUE``, or for a flag pair
+    ``--x``/``--no-x`` from true/false; ``label`` names the option in an error."""
+    if not (opt.is_bool_flag and opt.secondary_opts):
+        return [opt.opts[0], value]
+    if value.lower() not in (*TRUE, *FALSE):
+        raise InputError(f"{label}: expected true or false, got '{value}'")
+    return [opt.opts[0] if value.lower() in TRUE else opt.secondary_opts[0]]
 
 
 def env_from_values(command: click.Command, values: Mapping[str, object]) -> dict[str, str]:

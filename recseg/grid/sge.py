@@ -103,22 +103,19 @@ def job_numbers(info: ET.Element, tag: str) -> list[str]:
     return [n.text for item in info.iter(tag) for n in item.iter("JRE_job_number") if n.text]
 
 
-def job_state(job_id: str) -> str:
-    """The job's state letters in ``qstat`` (``r``, ``dr``, ``hqw``, ...); "" when gone."""
-    for line in _run(["qstat", "-u", "*"]).splitlines():
-        parts = line.split()
-        if parts and parts[0] == job_id and len(parts) > 4:
-            return parts[4]
-    return ""
+def job_states() -> dict[str, str]:
+    """Every job Grid Engine holds, pending or running: id -> state letters (``r``, ``dr``,
+    ``hqw``, ...), from ``qstat -u '*'``."""
+    rows = (line.split() for line in _run(["qstat", "-u", "*"], timeout=30).splitlines()[2:])
+    return {parts[0]: parts[4] for parts in rows if len(parts) > 4}
 
 
 def queued_jobs() -> set[str] | None:
-    """Ids of every job Grid Engine holds (pending or running); None when it does not answer."""
+    """Ids of every job Grid Engine holds; None when it does not answer."""
     try:
-        out = _run(["qstat", "-u", "*"], timeout=30)
+        return set(job_states())
     except GridError:
         return None
-    return {line.split()[0] for line in out.splitlines()[2:] if line.split()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +139,7 @@ class SgeJob:
     def being_deleted(self) -> bool:
         """True while ``qdel`` is ending this job (its notify signal came from a user)."""
         try:
-            return "d" in job_state(self.job_id)
+            return "d" in job_states().get(self.job_id, "")
         except GridError:
             return False
 

@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import shlex
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,9 @@ import mlflow
 from mlflow.entities import Param, Run
 from mlflow.tracking import MlflowClient
 
-from recseg.config import as_params, build, fields
+from recseg.config import as_params, build, fields, flag
 from recseg.errors import InputError
-from recseg.grid.envvars import FALSE, TRUE, env_from_values
+from recseg.grid.envvars import env_from_values, option_args
 from recseg.grid.job import MAX_RESTARTS
 from recseg.grid.sge import GridError, qsub
 from recseg.tracking import tags as T
@@ -86,12 +87,7 @@ def configurations(grid: Grid, train_cmd: click.Command) -> list[TrainConfig]:
 def _args(train_cmd: click.Command, name: str, value: str) -> list[str]:
     opt = next(p for p in train_cmd.params if p.name == name)
     assert isinstance(opt, click.Option)
-    if opt.is_bool_flag and opt.secondary_opts:
-        truth = value.strip().lower()
-        if truth not in (*TRUE, *FALSE):
-            raise InputError(f"--{name.replace('_', '-')}: expected true or false, got '{value}'")
-        return [opt.opts[0] if truth in TRUE else opt.secondary_opts[0]]
-    return [opt.opts[0], value]
+    return option_args(opt, value, flag(name))
 
 
 def matches(cfg: TrainConfig, run: Run) -> bool:
@@ -265,8 +261,6 @@ def default_script() -> Path:
 
 def default_environment(environ: Mapping[str, str] = os.environ) -> str:
     """The Python environment running now (a venv or conda prefix)."""
-    import sys
-
     return environ.get("RECSEG_ENV") or sys.prefix
 
 

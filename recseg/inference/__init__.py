@@ -9,7 +9,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from recseg.config import at_least, one_of, option, size_or_default
+from recseg.config import MODEL_URIS, at_least, one_of, option, size_or_default
 from recseg.errors import InputError
 
 CHUNK = 8  # frames per forward pass
@@ -25,8 +25,7 @@ class SegmentConfig:
 
     model: str = dataclasses.field(
         metadata=option(
-            "Logged model: runs:/RID/model, models:/NAME@ALIAS, models:/NAME/VERSION, "
-            "models:/m-ID or a local model folder.",
+            f"Logged model: {MODEL_URIS}.",
             mltype="uri",
         )
     )

@@ -18,6 +18,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
+from recseg.config import MODEL_URIS
 from recseg.errors import InputError
 from recseg.models import RecurrentDeepLab, build_model
 from recseg.tracking.runs import quiet_mlflow
@@ -42,10 +43,7 @@ def _download(uri: str, dst: Path) -> Path:
     if local.is_dir():
         return local
     if "://" not in uri and ":/" not in uri:
-        raise InputError(
-            f"model {uri}: no such folder, and not a model URI (runs:/RID/model, "
-            "models:/NAME@ALIAS, models:/NAME/VERSION)"
-        )
+        raise InputError(f"model {uri}: no such folder, and not a model URI ({MODEL_URIS})")
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     except MlflowException as exc:
