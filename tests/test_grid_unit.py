@@ -374,3 +374,37 @@ def test_local_sge_never_touches_a_cluster_cell(tmp_path: Path) -> None:
     assert (common / "act_qmaster").read_text() == "clusterhead.example.org\n"
     usage = subprocess.run(["bash", script, "restart"], capture_output=True, text=True)
     assert usage.returncode == 2 and "start|stop|status" in usage.stderr
+
+
+def test_warning_signals_never_kill_a_train_job(store: Path, tmp_path: Path, mlflow_server: str):
+    """SIGUSR1 sent again and again to the job's process group (as Grid Engine signals the whole
+    group) from start-up to exit: the job stops after one step with exit 99 (outside Grid
+    Engine nothing requeues) and never dies of the signal's default action."""
+    import sys
+    import threading
+
+    env = {**blank_train_variables(DATA=str(store), MODEL="Deep+_mobile", LOSS="CrossDice",
+                                   EPOCHS="1", BATCH_SIZE="2", SEQ_LEN="3", NUM_WORKERS="0",
+                                   SYSTEM_METRICS="false", EXPERIMENT="usr1-storm"),
+           "RECSEG_ENV": sys.prefix, "MLFLOW_TRACKING_URI": mlflow_server}  # fmt: skip
+    proc = subprocess.Popen(["bash", str(ROOT / "grid" / "train.sge")], cwd=tmp_path,
+                            env={**os.environ, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    done = threading.Event()
+
+    def storm() -> None:
+        while not done.wait(0.05):
+            try:
+                os.killpg(proc.pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                return
+
+    thread = threading.Thread(target=storm)
+    thread.start()
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        done.set()
+        thread.join()
+    assert proc.returncode == 99, (proc.returncode, err[-2000:])
+    assert "stopped: signal SIGUSR1 in epoch 1, step 1" in out, out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import click
@@ -26,6 +27,8 @@ def job_cmd(task: str) -> None:
     """
     from recseg.grid.job import run_job
 
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):  # Grid Engine's warnings never kill the job
+        signal.signal(sig, signal.SIG_IGN)  # by default action; the work installs handlers
     code = run_job(task, os.environ, echo=lambda line: click.echo(line))
     sys.stdout.flush()
     if code:
