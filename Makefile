@@ -11,11 +11,12 @@ PIP_FLAGS ?= --progress-bar off --disable-pip-version-check
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install test lint format demo mlproject lock clean
+.PHONY: help install test lint format demo bench mlproject lock clean
 
 help:
 	@echo "make demo       install, then demo footage -> clip store -> train 2 models -> evaluate -> promote -> segment"
 	@echo "make test       install, then lint (ruff) and run the test suite (pytest)"
+	@echo "make bench      install, then run the benchmark suite (table + benchmarks/results.json)"
 	@echo "make lint       ruff check + format check"
 	@echo "make mlproject  regenerate MLproject from the typed configs"
 	@echo "make lock       regenerate constraints.txt from the current .venv"
@@ -55,6 +56,9 @@ demo: $(STAMP)
 	    --background "$$(ls demo/footage/backgrounds/*.jpg | head -n 1)"
 	@echo "demo: done; demo/segmented.mp4 is a footage video composited by the champion model"
 	@echo "demo: see the runs with: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

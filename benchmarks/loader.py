@@ -1,38 +1,68 @@
-"""Benchmark: does the temporal loader keep up with CPU training of a MobileNetV2 model?
+"""Part "loader": does the temporal loader keep up with training a MobileNetV2 model?
 
-Builds a synthetic clip store in a temporary folder (photo content from scikit-image, moving
-per frame, with a moving elliptical foreground so the JPEGs are realistic), then prints a
-markdown table of loader frames/s (training with augmentation and evaluation, 0 and N workers)
-and the frames/s one training step of two MobileNetV2 models consumes on this machine.
-
-    .venv/bin/python benchmarks/loader.py [--workers 2] [--size 270x512] [--seq-len 4]
-        [--batch-size 2] [--clips 12] [--frames 60] [--steps 3] [--train-seconds 20]
-
-On a small CPU one training step of 2 x 4 frames at 270x512 takes 10 s (Deep+_mobile) to over a
-minute (Deep_mobile_gruV3), so timed steps stop after ``--train-seconds`` per model.
+Builds a synthetic clip store under ``args.work`` (photo content from scikit-image panning per
+frame under a moving elliptical foreground, so the JPEGs are realistic), times the training
+loader (``train=True``: augmentation on) at 270x512 with 0, 1 and 2 workers, and the frames/s
+one Deep+_mobile training step (forward, backward through time, SGD) consumes at the same size.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import tempfile
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 from skimage import data as skdata
 
+from benchmarks.common import Part, median, ratio, sync
 from recseg.data.loader import make_loader
 from recseg.data.store import ClipRecord, write_clip, write_manifest
 from recseg.models import build_model
 from recseg.models.state import detach_state
 from recseg.training.losses import build_loss
 
-MODELS = ("Deep_mobile_gruV3", "Deep+_mobile")
+NAME = "loader"
+SIZE = (270, 512)  # H x W
+BATCH, SEQ_LEN = 2, 4
+TARGET_FPS = 470.0  # loader frames/s with augmentation on 2 cores
+TARGET_RATIO = 5.0  # loader frames/s over training frames/s
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--loader-*`` options."""
+    g = parser.add_argument_group("loader part")
+    g.add_argument(
+        "--loader-workers", default="0,1,2", help="worker counts, comma-separated (default 0,1,2)"
+    )
+    g.add_argument("--loader-clips", type=int, default=None, help="default 12 (quick: 6)")
+    g.add_argument(
+        "--loader-frames", type=int, default=None, help="per clip; default 60 (quick: 30)"
+    )
+    g.add_argument(
+        "--loader-epochs",
+        type=int,
+        default=None,
+        help="timed epochs per worker count; default 3 (quick: 1)",
+    )
+    g.add_argument("--loader-model", default="Deep+_mobile", help="model of the training step")
+    g.add_argument(
+        "--loader-train-steps",
+        type=int,
+        default=None,
+        help="timed steps after a warm-up; default 3 (quick: 1)",
+    )
+    g.add_argument(
+        "--loader-train-seconds",
+        type=float,
+        default=20.0,
+        help="soft time budget of the timed steps (default 20)",
+    )
 
 
 def _cover(image: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -83,29 +113,34 @@ def build_store(root: Path, clips: int, frames: int, size: tuple[int, int]) -> P
     return root
 
 
-def time_loader(root: Path, args: argparse.Namespace, train: bool, workers: int) -> dict:
-    """Frames/s over one epoch, not counting the first batch (worker start-up)."""
+def time_loader(root: Path, workers: int, epochs: int) -> dict[str, Any]:
+    """Frames/s of ``epochs`` training epochs (augmentation on), each not counting its first
+    batch (worker start-up, timed apart). Workers restart each epoch, as in training."""
     loader = make_loader(
-        root,
-        "train",
-        batch_size=args.batch_size,
-        seq_len=args.seq_len,
-        train=train,
-        num_workers=workers,
+        root, "train", batch_size=BATCH, seq_len=SEQ_LEN, train=True, num_workers=workers
     )
-    start = time.perf_counter()
-    first = frames = 0
-    for k, batch in enumerate(loader):
-        if k == 0:
-            first = time.perf_counter() - start
-            start = time.perf_counter()
-        else:
-            frames += int(batch["valid"].sum())
-    elapsed = time.perf_counter() - start
-    return {"batches": len(loader), "first": first, "fps": frames / max(elapsed, 1e-9)}
+    rates, firsts = [], []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        frames = 0
+        for k, batch in enumerate(loader):
+            if k == 0:
+                firsts.append(time.perf_counter() - start)
+                start = time.perf_counter()
+            else:
+                frames += int(batch["valid"].sum())
+        rates.append(frames / max(time.perf_counter() - start, 1e-9))
+    return {"batches": len(loader), "fps": median(rates), "epochs_fps": rates, "first": firsts}
 
 
-def _step(model, loss_fn, opt, batch: dict, state):
+def _step(
+    model: torch.nn.Module,
+    loss_fn: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    state: Any,
+) -> Any:
+    """One SGD step on ``batch`` from recurrent ``state``; the new state, detached."""
     logits, state = model(batch["frames"], state, batch["reset"])
     loss = loss_fn(logits, batch["labels"])
     opt.zero_grad(set_to_none=True)
@@ -114,16 +149,20 @@ def _step(model, loss_fn, opt, batch: dict, state):
     return detach_state(state)
 
 
-def time_training(name: str, batches: list[dict], steps: int, budget: float) -> tuple[float, str]:
+def time_training(
+    name: str, batches: list[dict], device: torch.device, steps: int, budget: float
+) -> tuple[float, str]:
     """Frames/s of SGD steps of ``name`` after one warm-up step: up to ``steps`` steps, fewer
     once ``budget`` seconds are spent; none if the warm-up alone took longer (then the warm-up
     step's rate is returned, an underestimate). Returns ``(frames/s, what was timed)``."""
-    model = build_model(name).train()
+    model = build_model(name).to(device).train()
     loss_fn = build_loss("CrossDice")
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    per_step = batches[0]["frames"].shape[0] * batches[0]["frames"].shape[1]
+    batches = [{k: batch[k].to(device) for k in ("frames", "labels", "reset")} for batch in batches]
+    per_step = BATCH * SEQ_LEN
     t0 = time.perf_counter()
     state = _step(model, loss_fn, opt, batches[0], None)
+    sync(device)
     warmup = time.perf_counter() - t0
     if warmup > budget:
         return per_step / warmup, f"warm-up step only: {warmup:.1f} s"
@@ -131,64 +170,75 @@ def time_training(name: str, batches: list[dict], steps: int, budget: float) -> 
     while done < steps and (done == 0 or time.perf_counter() - t0 < budget):
         done += 1
         state = _step(model, loss_fn, opt, batches[done % len(batches)], state)
+        sync(device)
     elapsed = time.perf_counter() - t0
-    return per_step * done / elapsed, f"{done} step(s), {elapsed / done:.1f} s/step"
+    return per_step * done / elapsed, f"{done} step(s), {elapsed / done:.2f} s/step"
 
 
-def _size(text: str) -> tuple[int, int]:
-    h, w = text.lower().split("x")
-    return int(h), int(w)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workers", type=int, default=2, help="workers for the parallel rows")
-    p.add_argument("--size", type=_size, default=(270, 512), help="HxW (default 270x512)")
-    p.add_argument("--seq-len", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--clips", type=int, default=12)
-    p.add_argument("--frames", type=int, default=60, help="frames per clip")
-    p.add_argument(
-        "--steps", type=int, default=3, help="timed training steps per model, after a warm-up"
-    )
-    p.add_argument("--train-seconds", type=float, default=20.0, help="time budget per model (soft)")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    h, w = args.size
-    print(
-        f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads, OpenCV {cv2.__version__} with "
-        f"{cv2.getNumThreads()} threads; {args.clips} clips x {args.frames} frames at {h}x{w}, "
-        f"batch {args.batch_size} x seq-len {args.seq_len}\n"
-    )
-    with tempfile.TemporaryDirectory(prefix="recseg-bench-") as tmp:
-        t0 = time.perf_counter()
-        root = build_store(Path(tmp), args.clips, args.frames, (h, w))
-        mb = sum(f.stat().st_size for f in Path(tmp).rglob("*.npz")) / 2**20
-        print(f"store: {mb:.1f} MiB written in {time.perf_counter() - t0:.1f} s\n")
-        rows = []
-        for train in (True, False):
-            for workers in sorted({0, args.workers}):
-                rows.append((train, workers, time_loader(root, args, train, workers)))
-        loader = make_loader(root, "train", batch_size=args.batch_size, seq_len=args.seq_len)
-        batches = list(itertools.islice(loader, 4))
-    consumed = {
-        name: time_training(name, batches, args.steps, args.train_seconds) for name in MODELS
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    quick = args.quick
+    return {
+        "workers": [int(w) for w in str(args.loader_workers).split(",") if w.strip()],
+        "clips": args.loader_clips or (6 if quick else 12),
+        "frames": args.loader_frames or (30 if quick else 60),
+        "epochs": args.loader_epochs or (1 if quick else 3),
+        "steps": args.loader_train_steps or (1 if quick else 3),
     }
-    fastest = max(fps for fps, _ in consumed.values())
-    print("| what | workers | frames/s | first batch (s) | ratio to fastest training |")
-    print("|---|---:|---:|---:|---:|")
-    for train, workers, r in rows:
-        what = "loader, train + augment" if train else "loader, eval"
-        ratio = r["fps"] / fastest
-        print(f"| {what} | {workers} | {r['fps']:.0f} | {r['first']:.2f} | {ratio:.1f}x |")
-    for name, (fps, note) in consumed.items():
-        print(f"| training {name} (CPU, CrossDice, SGD; {note}) | - | {fps:.2f} | - | - |")
-    print("\ntarget: loader >= 5x the frames/s training consumes")
 
 
-if __name__ == "__main__":
-    main()
+def run(args: argparse.Namespace) -> Part:
+    """Loader frames/s per worker count and the training step's frames/s; figures
+    ``loader_frames_per_s`` (best worker count) and ``loader_over_train_step``."""
+    s = _settings(args)
+    root = args.work / NAME
+    shutil.rmtree(root, ignore_errors=True)
+    try:
+        t0 = time.perf_counter()
+        build_store(root / "store", s["clips"], s["frames"], SIZE)
+        built = time.perf_counter() - t0
+        timed = {w: time_loader(root / "store", w, s["epochs"]) for w in s["workers"]}
+        loader = make_loader(root / "store", "train", batch_size=BATCH, seq_len=SEQ_LEN)
+        batches = list(itertools.islice(loader, 4))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    model = args.loader_model
+    train_fps, note = time_training(
+        model, batches, args.device, s["steps"], args.loader_train_seconds
+    )
+    best = max(timed, key=lambda w: timed[w]["fps"])
+    best_fps = timed[best]["fps"]
+    over = ratio(best_fps, train_fps)
+    return Part(
+        name=NAME,
+        columns=["what", "workers", "frames/s", "first batch s", "x training step", "met"],
+        rows=[
+            *(_loader_row(w, r, train_fps) for w, r in timed.items()),
+            [f"training step {model} ({args.device.type}; {note})", "-", train_fps, None, 1.0, ""],
+        ],
+        figures={"loader_frames_per_s": best_fps, "loader_over_train_step": over},
+        method=(
+            f"Training loader (augmentation on) over {s['clips']} synthetic clips x {s['frames']} "
+            f"frames at {SIZE[0]}x{SIZE[1]}, batch {BATCH} x seq-len {SEQ_LEN}: median frames/s "
+            f"of {s['epochs']} epoch(s) without each epoch's first batch (worker start-up), per "
+            f"worker count; training step = {model} forward + backward through time + SGD "
+            f"(CrossDice) on the same batches on {args.device.type}. Targets: loader >= "
+            f"{TARGET_FPS:g} frames/s on 2 cores and >= {TARGET_RATIO:g}x the training step."
+        ),
+        details={
+            "loader": {str(w): r for w, r in timed.items()},
+            "best_workers": best,
+            "store_build_s": built,
+            "targets": {"frames_per_s": TARGET_FPS, "over_train_step": TARGET_RATIO},
+            "met": best_fps >= TARGET_FPS and (over or 0) >= TARGET_RATIO,
+            "torch_threads": torch.get_num_threads(),
+            "opencv_threads": cv2.getNumThreads(),
+        },
+    )
+
+
+def _loader_row(workers: int, timed: dict[str, Any], train_fps: float) -> list[Any]:
+    fps = timed["fps"]
+    over = ratio(fps, train_fps)
+    met = fps >= TARGET_FPS and (over or 0) >= TARGET_RATIO
+    what = f"loader, train + augment ({timed['batches']} batches/epoch)"
+    return [what, workers, fps, median(timed["first"]), over, "yes" if met else "no"]

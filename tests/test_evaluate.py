@@ -187,6 +187,18 @@ def test_evaluate_a_registered_model_uri(evaluated: dict) -> None:
     files = {a.path for a in client.list_artifacts(runs[0].info.run_id, "evaluation")}
     assert "evaluation/test_predictions.png" in files
     assert "evaluation/test_predictions.mp4" not in files  # --video-frames 0
+    fp32 = runs[0].data
+    assert fp32.tags["recseg.eval.device"].endswith(", fp32")
+    # The same model in bfloat16: scored and timed through the bf16 path, tagged as such.
+    result = run_recseg("evaluate", "--data", str(evaluated["store"]), "--model-uri",
+                        f"models:/{name}@champion", *FAST, "--video-frames", "0",
+                        "--precision", "bf16", cwd=root, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
+    bf16 = runs[0].data
+    assert bf16.tags["recseg.eval.device"].endswith(", bf16")
+    assert abs(bf16.metrics["test_fg_iou"] - fp32.metrics["test_fg_iou"]) < 0.02
+    assert bf16.metrics["gflops"] == pytest.approx(fp32.metrics["gflops"])
 
 
 def test_bad_input_one_line(evaluated: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -181,6 +181,24 @@ def test_cli_composites_onto_an_image_and_writes_png_masks(
     _assert_composite(out, expected, frames, np.broadcast_to(bg, frames.shape))
 
 
+def test_bf16_path_gives_the_same_masks(
+    registered: tuple, media: Path, mlflow_server: str, tmp_path: Path
+) -> None:
+    model, uri = registered
+    probs = _reference(model, _frames(media / "in.mp4"))
+    for extra in (["--precision", "bf16"],):
+        masks = tmp_path / f"masks{len(extra)}.mp4"
+        args = ["segment", str(media / "in.mp4"), "-o", str(tmp_path / f"o{len(extra)}.mp4")]
+        args += ["--model", uri, "--masks", str(masks), "--size", "48x64", *extra]
+        result = run_recseg(*args, "--device", "cpu", cwd=tmp_path, env=_env(mlflow_server))
+        assert result.returncode == 0, result.stderr[-2000:]
+        decoded = _frames(masks)[..., 0] > 127
+        sure = np.abs(probs - 0.5) > 0.1  # bf16 may flip pixels the model is unsure about
+        assert sure.mean() > 0.5
+        agree = (decoded == (probs > 0.5))[sure].mean()
+        assert agree > 0.99, (extra, agree)
+
+
 def test_stream_equals_whole_clip_and_chunking_does_not_matter(registered: tuple) -> None:
     model = registered[0]
     rng = np.random.default_rng(0)

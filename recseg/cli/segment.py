@@ -74,6 +74,8 @@ def segment_cmd(input_video: Path, output: Path, **values: object) -> None:
             device=device,
             progress=sys.stderr.isatty(),
             chunk=cfg.chunk,
+            precision=cfg.precision,
+            compile=cfg.compile,
         )
     h, w = stats.size
     click.echo(

@@ -98,10 +98,13 @@ def _to_u8(a: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(a), 0, 255).astype(np.uint8)
 
 
-def _colour(frame: np.ndarray, hsv_lut: np.ndarray, rgb_lut: np.ndarray) -> np.ndarray:
-    hsv = cv2.cvtColor(frame, cv2.COLOR_RGB2HSV)
-    out = cv2.cvtColor(cv2.LUT(hsv, hsv_lut), cv2.COLOR_HSV2RGB)
-    return cv2.LUT(out, rgb_lut)
+def _colour(frames: np.ndarray, hsv_lut: np.ndarray, rgb_lut: np.ndarray) -> None:
+    """Colour-jitter RGB ``frames`` in place; ``frames`` is one contiguous image (a window is
+    passed as ``(n*H, W, 3)``: the map is per pixel, so one call per window suffices)."""
+    hsv = cv2.cvtColor(frames, cv2.COLOR_RGB2HSV)
+    cv2.LUT(hsv, hsv_lut, dst=hsv)
+    cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB, dst=frames)
+    cv2.LUT(frames, rgb_lut, dst=frames)
 
 
 def apply(
@@ -112,19 +115,16 @@ def apply(
     if params is None:
         return frames, labels
     n, h, w = labels.shape
-    out_f = np.empty_like(frames)
-    out_l = np.empty_like(labels)
     matrix = params.affine()
-    hsv_lut, rgb_lut = _luts(params)
-    for i in range(n):
-        frame, label = frames[i], labels[i]
-        if matrix is not None:
-            frame = cv2.warpAffine(frame, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=BORDER)
-            label = cv2.warpAffine(
-                label, matrix, (w, h), flags=cv2.INTER_NEAREST, borderMode=BORDER
-            )
-        out_f[i] = _colour(frame, hsv_lut, rgb_lut)
-        out_l[i] = label
+    if matrix is None:
+        out_f, out_l = frames.copy(), labels.copy()
+    else:
+        out_f, out_l = np.empty_like(frames), np.empty_like(labels)
+        linear, nearest = cv2.INTER_LINEAR, cv2.INTER_NEAREST
+        for i in range(n):
+            cv2.warpAffine(frames[i], matrix, (w, h), out_f[i], linear, BORDER)
+            cv2.warpAffine(labels[i], matrix, (w, h), out_l[i], nearest, BORDER)
+    _colour(out_f.reshape(n * h, w, 3), *_luts(params))
     return out_f, out_l
 
 

@@ -26,8 +26,7 @@ rest of the current epoch and then advances ``epoch`` by itself: a plain
 from __future__ import annotations
 
 import collections
-import dataclasses
-import heapq
+import math
 import multiprocessing
 import numbers
 import signal
@@ -39,127 +38,20 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from recseg.data import augment as aug
+from recseg.data.sampler import LaneSampler, Plan, Window, clip_windows
 from recseg.data.store import ClipFile, ClipRecord, ClipStore
 from recseg.errors import InputError
 
+__all__ = [
+    "IGNORE", "LaneSampler", "TemporalLoader", "WindowDataset", "clip_windows", "finish",
+    "make_loader",
+]  # fmt: skip
+
 IGNORE = 255  # label of padded frames
-_ORDER, _AUGMENT = 0, 1  # stream tags for the seed derivation
-
-
-@dataclasses.dataclass(frozen=True)
-class Window:
-    """One lane's part of a step: frames ``[start, start + length)`` of clip ``clip``.
-
-    ``clip`` indexes the split's clips in store order (-1: padding, nothing left for the lane);
-    ``length`` < ``seq_len`` only for an evaluation clip's last window."""
-
-    clip: int
-    start: int
-    length: int
-    reset: bool
-    augment: aug.AugmentParams | None = None
-
-
-Plan = tuple[Window, ...]
-PAD = Window(clip=-1, start=0, length=0, reset=True)
-
-
-def clip_windows(frames: int, seq_len: int, train: bool) -> list[tuple[int, int]]:
-    """``(start, real frames)`` of each window of a clip with ``frames`` frames."""
-    if train:
-        return [(s, seq_len) for s in range(0, frames - seq_len + 1, seq_len)]
-    return [(s, min(seq_len, frames - s)) for s in range(0, frames, seq_len)]
-
-
-def _rng(seed: int, *words: int) -> np.random.Generator:
-    """An independent generator for ``(seed, *words)``."""
-    return np.random.default_rng([seed & 0xFFFF_FFFF_FFFF_FFFF, *words])
-
-
-def _greedy(
-    order: Sequence[int], steps: Sequence[int], lanes: int
-) -> tuple[list[list[tuple[int, int]]], list[int]]:
-    """Give each clip of ``order`` to the lane that frees first (ties: lowest lane).
-
-    Returns per lane the ``(clip, first step)`` it plays and the step at which it frees."""
-    heap = [(0, b) for b in range(lanes)]
-    schedule: list[list[tuple[int, int]]] = [[] for _ in range(lanes)]
-    for clip in order:
-        t, b = heapq.heappop(heap)
-        schedule[b].append((clip, t))
-        heapq.heappush(heap, (t + steps[clip], b))
-    ends = [0] * lanes
-    for t, b in heap:
-        ends[b] = t
-    return schedule, ends
-
-
-class LaneSampler:
-    """Builds each epoch's list of plans (one ``Plan`` of ``batch_size`` windows per step).
-
-    ``lengths``: frames per clip, in store order; ``size``: ``(H, W)`` for augmentation."""
-
-    def __init__(
-        self,
-        lengths: Sequence[int],
-        batch_size: int,
-        seq_len: int,
-        *,
-        seed: int = 0,
-        train: bool = True,
-        augment: bool | None = None,
-        size: tuple[int, int],
-    ):
-        self.lengths = [int(n) for n in lengths]
-        self.batch_size = batch_size
-        self.seq_len = seq_len
-        self.seed = seed
-        self.train = train
-        self.augment = train if augment is None else bool(augment)
-        self.size = size
-        self.windows = [clip_windows(n, seq_len, train) for n in self.lengths]
-        self._cache: tuple[tuple[int, int], list[Plan]] | None = None
-
-    @property
-    def usable(self) -> list[int]:
-        """Clips with at least one window."""
-        return [c for c, w in enumerate(self.windows) if w]
-
-    def order(self, epoch: int) -> list[int]:
-        """The clips in the order lanes take them in ``epoch``."""
-        usable = self.usable
-        if not self.train:
-            return usable
-        perm = _rng(self.seed, epoch, _ORDER).permutation(len(usable))
-        return [usable[i] for i in perm]
-
-    def params(self, epoch: int, clip: int) -> aug.AugmentParams | None:
-        """Clip ``clip``'s augmentation in ``epoch`` (``None`` without augmentation)."""
-        if not self.augment:
-            return None
-        return aug.sample_params(_rng(self.seed, epoch, _AUGMENT, clip), self.size)
-
-    def plans(self, epoch: int) -> list[Plan]:
-        """Every step of ``epoch`` (cached for the last epoch asked)."""
-        key = (self.seed, epoch)
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self._build(epoch))
-        return self._cache[1]
-
-    def _build(self, epoch: int) -> list[Plan]:
-        counts = [len(w) for w in self.windows]
-        schedule, ends = _greedy(self.order(epoch), counts, self.batch_size)
-        steps = min(ends) if self.train else max(ends)
-        grid = [[PAD] * self.batch_size for _ in range(steps)]
-        for lane, clips in enumerate(schedule):
-            for clip, first in clips:
-                params = self.params(epoch, clip)
-                for k, (start, length) in enumerate(self.windows[clip][: max(0, steps - first)]):
-                    grid[first + k][lane] = Window(clip, start, length, k == 0, params)
-        return [tuple(row) for row in grid]
+_NUMPY = {torch.uint8: np.uint8, torch.float32: np.float32, torch.int64: np.int64}
 
 
 class WindowDataset(Dataset[dict[str, Any]]):
@@ -212,25 +104,58 @@ class WindowDataset(Dataset[dict[str, Any]]):
         return aug.resize_window(frames, labels, self.size)
 
     def __getitem__(self, plan: Plan) -> dict[str, Any]:
+        """``plan``'s batch before :func:`finish` (a fifth of its bytes): ``frames``
+        (B,T,h,w,3) and ``labels`` (B,T,h,w) uint8 tensors (padding: 0 and ``IGNORE``), in a
+        worker in shared memory (sent without a copy); the small fields as numpy arrays."""
         b, t, (h, w) = len(plan), self.seq_len, self.size
-        frames = np.zeros((b, t, h, w, 3), np.uint8)
-        labels = np.full((b, t, h, w), IGNORE, np.uint8)
+        empty = _shared if get_worker_info() is not None else _host
+        frames, labels = empty((b, t, h, w, 3), torch.uint8), empty((b, t, h, w), torch.uint8)
         valid = np.zeros((b, t), bool)
         for i, win in enumerate(plan):
-            if win.length:
-                frames[i, : win.length], labels[i, : win.length] = self._read(win)
-                valid[i, : win.length] = True
-        x = torch.empty((b, t, 3, h, w), dtype=torch.float32)
-        x.copy_(torch.from_numpy(frames).permute(0, 1, 4, 2, 3)).div_(255.0)
+            n = win.length
+            if n:
+                frames[i, :n].numpy()[:], labels[i, :n].numpy()[:] = self._read(win)
+                valid[i, :n] = True
+            frames[i, n:] = 0
+            labels[i, n:] = IGNORE
         return {
-            "frames": x,
-            "labels": torch.from_numpy(labels).long(),
-            "reset": torch.tensor([win.reset for win in plan], dtype=torch.bool),
-            "valid": torch.from_numpy(valid),
+            "frames": frames,
+            "labels": labels,
+            "reset": np.array([win.reset for win in plan], bool),
+            "valid": valid,
             "clip": [self.ids[win.clip] if win.clip >= 0 else "" for win in plan],
-            "index": torch.tensor([win.clip for win in plan], dtype=torch.int64),
-            "start": torch.tensor([win.start for win in plan], dtype=torch.int64),
+            "index": np.array([win.clip for win in plan], np.int64),
+            "start": np.array([win.start for win in plan], np.int64),
         }
+
+
+def finish(batch: dict[str, Any], pin: bool = False) -> dict[str, Any]:
+    """A read batch as the loader yields it: ``frames`` float32 (B,T,3,h,w) in [0, 1],
+    ``labels`` int64, the small fields as tensors; in pinned memory when ``pin``. Converted
+    with numpy on one thread: torch's intra-op threads would fight the workers for the cores."""
+    frames, labels = batch["frames"].numpy(), batch["labels"].numpy()
+    b, t, h, w, c = frames.shape
+    x = _host((b, t, c, h, w), torch.float32, pin)
+    np.divide(frames.transpose(0, 1, 4, 2, 3), np.float32(255.0), out=x.numpy())
+    y = _host(labels.shape, torch.int64, pin)
+    y.numpy()[:] = labels
+    small = {k: torch.from_numpy(batch[k]) for k in ("reset", "valid", "index", "start")}
+    if pin:
+        small = {k: v.pin_memory() for k, v in small.items()}
+    return {**batch, "frames": x, "labels": y, **small}
+
+
+def _host(shape: tuple[int, ...], dtype: torch.dtype, pin: bool = False) -> torch.Tensor:
+    """Uninitialised: pinned, or in numpy's memory (huge pages: fewer page faults than torch's)."""
+    if pin:
+        return torch.empty(shape, dtype=dtype, pin_memory=True)
+    return torch.from_numpy(np.empty(shape, _NUMPY[dtype]))
+
+
+def _shared(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Uninitialised, in shared memory: pickling it to the main process copies nothing."""
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
 def _init_worker(_: int) -> None:
@@ -348,8 +273,8 @@ class TemporalLoader:
             self.dataset,
             sampler=plans,
             batch_size=None,
+            collate_fn=dict,  # batches as read, numpy arrays too; finish() converts them
             num_workers=workers,
-            pin_memory=self.pin_memory,
             persistent_workers=False,
             worker_init_fn=_init_worker if workers else None,
             multiprocessing_context=_worker_context() if workers else None,
@@ -359,9 +284,10 @@ class TemporalLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         remaining = self.sampler.plans(self.epoch)[self.step :]
         if remaining:
+            pin = self.pin_memory and torch.cuda.is_available()
             for batch in self._dataloader(remaining):
                 self.step += 1
-                yield batch
+                yield finish(batch, pin)
         self.epoch, self.step = self.epoch + 1, 0
 
     def _identity(self) -> dict[str, Any]:

@@ -34,6 +34,8 @@ VERSION = 1
 JPEG_QUALITY = 95
 SPLITS = ("train", "val", "test")
 MANIFEST = "store.json"
+# OpenCV >= 4.10 decodes straight to RGB: the same pixels as BGR + cvtColor, one pass less.
+_DECODE = getattr(cv2, "IMREAD_COLOR_RGB", cv2.IMREAD_COLOR)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,10 +160,13 @@ class ClipFile:
         out = np.empty((len(idx), h, w, 3), np.uint8)
         for k, i in enumerate(idx):
             buf = self._jpeg[self._offsets[i] : self._offsets[i + 1]]
-            bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-            if bgr is None:
+            image = cv2.imdecode(buf, _DECODE)
+            if image is None:
                 raise InputError(f"{self.path}: frame {i} does not decode")
-            cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=out[k])
+            if _DECODE == cv2.IMREAD_COLOR:
+                cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=out[k])
+            else:
+                out[k] = image
         return out
 
 

@@ -7,6 +7,7 @@ import dataclasses
 
 from recseg.config import MODEL_URIS, accepts, at_least, one_of, option, parse_size, size_or_default
 from recseg.errors import InputError
+from recseg.inference import compile_field, precision_field
 from recseg.training.losses import build_loss
 
 SPLITS = ("train", "val", "test")
@@ -115,6 +116,8 @@ class EvaluateConfig:
             check=one_of("auto", "cpu", "cuda"),
         ),
     )
+    precision: str = precision_field()
+    compile: bool = compile_field()
 
     @property
     def split_names(self) -> tuple[str, ...]:

@@ -32,6 +32,7 @@ from recseg.data.footage.video import Mp4Writer
 from recseg.data.video import VideoError, VideoInfo, decode, probe
 from recseg.inference import CHUNK, check_paths
 from recseg.inference.background import Background, composite, mask_frame, open_background
+from recseg.inference.optimize import optimize
 from recseg.tracking.model_uri import LoadedModel
 from recseg.training.setup import pick_device
 
@@ -62,22 +63,42 @@ def working_size(
     return max(MIN_SIDE, round(h * scale / 8) * 8), max(MIN_SIDE, round(w * scale / 8) * 8)
 
 
-def _resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``frame`` at ``size`` (H, W): area averaging when shrinking, bilinear when enlarging."""
+class _FrameBuffer:
+    """A host buffer of ``chunk`` frames at the working size, reused for every chunk (no
+    per-frame allocations: frames are resized straight into it)."""
+
+    def __init__(
+        self, chunk: int, size: tuple[int, int], dtype: np.dtype, device: torch.device
+    ) -> None:
+        self.key = (size, np.dtype(dtype))
+        self.size, self.scale = size, 255.0 if dtype == np.uint8 else 1.0
+        self.array = np.empty((chunk, *size, 3), dtype)
+        self.tensor = torch.from_numpy(self.array)
+        if device.type == "cuda":  # page-locked: the copy to the GPU runs asynchronously
+            self.tensor = self.tensor.pin_memory()
+            self.array = self.tensor.numpy()
+        self.device = device
+
+    def clip(self, frames: list[np.ndarray]) -> torch.Tensor:
+        """RGB frames ``(H, W, 3)`` (uint8, or float in [0, 1]) as ``(1, T, 3, h, w)`` float32
+        in [0, 1] on the device."""
+        for i, frame in enumerate(frames):
+            _resize_into(frame.astype(self.array.dtype, copy=False), self.size, self.array[i])
+        stack = self.tensor[: len(frames)].to(self.device, non_blocking=True)
+        return (stack.permute(0, 3, 1, 2).float() / self.scale).unsqueeze(0)
+
+
+def _resize_into(frame: np.ndarray, size: tuple[int, int], out: np.ndarray) -> None:
+    """``frame`` resized to ``size`` (H, W) into ``out``: area averaging when shrinking,
+    bilinear when enlarging."""
     h, w = frame.shape[:2]
     if (h, w) == size:
-        return frame
+        np.copyto(out, frame)
+        return
     shrink = size[0] * size[1] < h * w
-    return cv2.resize(
-        frame, size[::-1], interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    cv2.resize(
+        frame, size[::-1], dst=out, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
     )
-
-
-def _batch(frames: list[np.ndarray], size: tuple[int, int], device: torch.device) -> torch.Tensor:
-    """RGB frames ``(H, W, 3)`` (uint8, or float in [0, 1]) as ``(1, T, 3, h, w)`` float32."""
-    stack = torch.from_numpy(np.stack([_resize(f, size) for f in frames])).to(device)
-    scale = 255.0 if stack.dtype == torch.uint8 else 1.0
-    return (stack.permute(0, 3, 1, 2).float() / scale).unsqueeze(0)
 
 
 def _chunks(frames: Iterable[np.ndarray], k: int) -> Iterator[list[np.ndarray]]:
@@ -107,11 +128,15 @@ def stream_masks(
     chunk, so the result is that of the whole video in one pass, in constant memory.
     """
     device = torch.device(device)
-    state = None
+    state, buffer = None, None
     for batch in _chunks(frames_iter, chunk):
         h, w = batch[0].shape[:2]
+        size = working_size or (h, w)
+        dtype = np.dtype(np.uint8 if batch[0].dtype == np.uint8 else np.float32)
+        if buffer is None or buffer.key != (size, dtype):
+            buffer = _FrameBuffer(chunk, size, dtype, device)
         with torch.inference_mode():
-            clip = _batch(batch, working_size or (h, w), device)
+            clip = buffer.clip(batch)
             logits, state = model(clip, state)
             probs = torch.softmax(logits[0].float(), dim=1)[:, 1:2]  # (T, 1, h, w)
             if probs.shape[-2:] != (h, w):
@@ -163,12 +188,16 @@ def segment_video(
     device: torch.device | str | None = None,
     progress: bool = False,
     chunk: int = CHUNK,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> SegmentStats:
     """Segment ``input_path`` with ``loaded``'s network into ``output_path`` (.mp4, same size,
     frame count and rate): the person over ``background`` (a ``Background`` or what
     ``--background`` accepts), or without one the mask video. ``masks``: also write the binary
     masks (``.mp4`` or a PNG folder). ``size``: working size (default: see ``working_size``).
-    ``device``: None uses the one the model is on. Outputs appear whole or not at all.
+    ``device``: None uses the one the model is on. The network runs through
+    ``recseg.inference.optimize.optimize`` at ``precision`` (``compile``: ``torch.compile`` it).
+    Outputs appear whole or not at all.
     """
     input_path, output_path = Path(input_path), Path(output_path)
     masks_path = Path(masks) if masks else None
@@ -183,7 +212,7 @@ def segment_video(
     if device is None:
         device = next(loaded.model.parameters()).device
     device = pick_device(device)
-    model = loaded.model.to(device).eval()
+    model = optimize(loaded.model, precision, device, compile=compile)
     job = _Job(input_path, output_path, masks_path, info, work, background, threshold, chunk)
     created = _make_folders(output_path.parent, masks_path.parent if masks_path else None)
     try:

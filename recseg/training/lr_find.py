@@ -348,7 +348,7 @@ def fresh_model(cfg: LrFindConfig, device: torch.device) -> RecurrentDeepLab:
     seed_everything(cfg.seed)
     model = build_model(cfg.model, faithful=cfg.faithful, output_stride=cfg.output_stride,
                         pretrained=cfg.pretrained or None)  # fmt: skip
-    return model.to(device)
+    return model.to(device, memory_format=torch.channels_last)
 
 
 def sweep(

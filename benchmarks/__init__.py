@@ -1,0 +1,1 @@
+"""recseg benchmark suite: ``python -m benchmarks`` (see README.md\x27s performance section)."""

@@ -1,0 +1,158 @@
+"""What every benchmark part shares: the machine description, timing, and the result type."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+
+
+@dataclasses.dataclass
+class Part:
+    """One part's outcome: a markdown table (``columns`` + ``rows``), the key figures for
+    ``results.json`` (``figures``), and how the numbers were taken (``method``)."""
+
+    name: str
+    columns: list[str]
+    rows: list[list[Any]]
+    figures: dict[str, float | None]
+    method: str
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def markdown(self) -> str:
+        head = "| " + " | ".join(self.columns) + " |"
+        rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(self.columns))) + "|"
+        body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in self.rows]
+        return "\n".join([head, rule, *body])
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+        return {"method": self.method, "figures": self.figures, "rows": rows, **self.details}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "-"
+        return (
+            f"{value:.3g}"
+            if abs(value) < 10
+            else f"{value:,.0f}"
+            if value >= 1000
+            else f"{value:.1f}"
+        )
+    return str(value)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    """The performance-relevant ISA flags this CPU reports (of ``CPU_FLAGS``)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next(
+        (ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []
+    )
+    return [f for f in CPU_FLAGS if f in flags]
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """Where the numbers come from: CPU, cores, threads, device, versions, commit."""
+    import mlflow
+    import torchvision
+
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "mlflow": mlflow.__version__,
+        "onednn": torch.backends.mkldnn.is_available(),
+        "commit": _commit(),
+    }
+    return info
+
+
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(
+    fn: Callable[[], object], device: torch.device, *, warmup: int, timed: int
+) -> list[float]:
+    """Seconds per call of ``fn`` over ``timed`` calls after ``warmup`` untimed ones, each
+    synchronised on CUDA."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(timed):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """``a / b``, or None when either is missing or ``b`` is zero."""
+    if a is None or b is None or b == 0 or a != a or b != b:
+        return None
+    return a / b
