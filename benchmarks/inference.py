@@ -116,6 +116,7 @@ def measure_model(name: str, size: tuple[int, int], args: argparse.Namespace) ->
             "max_rel_diff": diff, "compiled": bool(getattr(net, "compiled", False)),
         })  # fmt: skip
         del net
+        torch._dynamo.reset()  # free this model's compiled graphs before the next one
     for row in rows:
         row["speedup"] = rows[0]["ms"] / row["ms"]
     return rows

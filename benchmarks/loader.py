@@ -155,7 +155,7 @@ def time_training(
     """Frames/s of SGD steps of ``name`` after one warm-up step: up to ``steps`` steps, fewer
     once ``budget`` seconds are spent; none if the warm-up alone took longer (then the warm-up
     step's rate is returned, an underestimate). Returns ``(frames/s, what was timed)``."""
-    model = build_model(name).to(device).train()
+    model = build_model(name).to(device, memory_format=torch.channels_last).train()  # as train
     loss_fn = build_loss("CrossDice")
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     batches = [{k: batch[k].to(device) for k in ("frames", "labels", "reset")} for batch in batches]

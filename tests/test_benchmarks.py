@@ -60,6 +60,13 @@ def test_inference_and_training_parts_write_results(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr[-3000:]
     merged = json.loads(out.read_text())
     assert "inference" in merged["parts"] and "training" in merged["parts"]
+    report = subprocess.run(
+        [sys.executable, "-m", "benchmarks.report", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    assert "| fp32_speedup_mobile | - | >= 1.5 | not run |" in report.stdout
+    assert "| Deep_mobile_gruV3 | 72x128 | bf16 |" in report.stdout
 
 
 def test_unknown_part_is_refused(tmp_path: Path) -> None:

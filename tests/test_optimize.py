@@ -9,6 +9,7 @@ from torch import nn
 
 from recseg.errors import InputError
 from recseg.inference.convs import (
+    TapGemmConv2d,
     TapPrunedConv2d,
     WinogradConv2d,
     dilated_winograd_conv2d,
@@ -77,6 +78,25 @@ def test_dead_taps_are_left_out_without_changing_the_result() -> None:
         x = torch.randn(1, 16, *size)
         with torch.no_grad():
             assert _rel_diff(pruned(x), conv(x)) < 1e-6
+
+
+@pytest.mark.parametrize("size", [(34, 64), (18, 32), (9, 70)])
+def test_tap_gemm_equals_direct_convolution(size: tuple[int, int]) -> None:
+    torch.manual_seed(3)
+    for dilation in (12, 24, 36):
+        conv = nn.Conv2d(24, 16, 3, padding=dilation, dilation=dilation).eval()
+        x = torch.randn(2, 24, *size).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            expected = conv(x)
+            assert _rel_diff(TapGemmConv2d(conv)(x), expected) < 1e-5
+            bf16 = TapGemmConv2d(conv.to(torch.bfloat16))(x.to(torch.bfloat16))
+        assert bf16.dtype == torch.bfloat16
+        assert _rel_diff(bf16.float(), expected) < 2e-2
+
+
+def test_bf16_resnet_uses_tap_gemm_for_its_wide_aspp_branches() -> None:
+    fast = optimize(_trained_like("Deep+_resnet50"), "bf16", "cpu")
+    assert fast.info["tap_gemm"] == 3  # 2048-channel ASPP branches at rates 12, 24, 36
 
 
 def test_batchnorm_folding_is_exact_and_complete() -> None:

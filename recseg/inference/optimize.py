@@ -9,7 +9,8 @@
   multiplications of a direct convolution (``recseg.inference.convs``);
 - channels-last memory, ``torch.inference_mode``, the recurrent state left on the device;
 - ``precision="bf16"``: weights, activations and state in bfloat16 on a CPU (oneDNN's AVX-512
-  BF16/AMX kernels), autocast on a GPU (tensor cores); logits are returned as float32;
+  BF16/AMX kernels; widely dilated convolutions as tap-by-tap GEMMs, which those kernels run
+  4-10x faster), autocast on a GPU (tensor cores); logits are returned as float32;
 - ``compile=True`` (or ``"auto"`` where a compiler is present): ``torch.compile`` with weight
   freezing on top; if compiling fails the eager path is used.
 
@@ -30,12 +31,20 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from recseg.errors import InputError
-from recseg.inference.convs import TapPrunedConv2d, WinogradConv2d, eligible, prunable
+from recseg.inference.convs import (
+    TapGemmConv2d,
+    TapPrunedConv2d,
+    WinogradConv2d,
+    eligible,
+    prunable,
+)
 from recseg.models.state import State
 
 PRECISIONS = ("fp32", "bf16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 WINOGRAD_MIN_CHANNELS = 128  # below this the direct kernels are as fast
+COMPILE_LIMIT = 64  # compiled graphs per model code object and process
+TAP_GEMM_MIN_DILATION, TAP_GEMM_MIN_CHANNELS = 8, 1024  # ResNet's ASPP at output stride 8
 log = logging.getLogger(__name__)
 
 
@@ -76,9 +85,20 @@ def fold_batchnorm(model: nn.Module) -> int:
     return len(pairs)
 
 
-def _swap_convs(model: nn.Module, winograd: bool) -> dict[str, int]:
-    """Replace convolutions in place by their tap-pruned / Winograd forms; the counts."""
-    counts = {"pruned": 0, "winograd": 0}
+def _tap_gemm(conv: nn.Conv2d) -> bool:
+    """Where oneDNN's bf16 kernels are slow: wide dilations over many input channels."""
+    return (
+        prunable(conv)
+        and conv.groups == 1
+        and min(conv.dilation) >= TAP_GEMM_MIN_DILATION
+        and conv.in_channels >= TAP_GEMM_MIN_CHANNELS
+    )
+
+
+def _swap_convs(model: nn.Module, winograd: bool, tap_gemm: bool) -> dict[str, int]:
+    """Replace convolutions in place by their tap-pruned / Winograd / tap-GEMM forms; the
+    counts."""
+    counts = {"pruned": 0, "winograd": 0, "tap_gemm": 0}
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is not nn.Conv2d:
@@ -87,6 +107,9 @@ def _swap_convs(model: nn.Module, winograd: bool) -> dict[str, int]:
             if winograd and eligible(child, WINOGRAD_MIN_CHANNELS):
                 setattr(parent, name, WinogradConv2d(child))
                 counts["winograd"] += 1
+            elif tap_gemm and _tap_gemm(child):
+                setattr(parent, name, TapGemmConv2d(child))
+                counts["tap_gemm"] += 1
             elif prunable(child):
                 child.__class__ = TapPrunedConv2d  # same parameters, another forward
     return counts
@@ -155,6 +178,12 @@ class FastModel(nn.Module):
 def _compile(net: nn.Module) -> nn.Module:
     """``torch.compile`` with weights frozen into the graph (BatchNorm-free, prepacked)."""
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA" notes
+    # Dynamo counts recompilations per code object, i.e. over every optimised copy of every
+    # model in the process (each input size, state None or not, ...): the default 8 is soon
+    # reached, after which it silently runs eagerly.
+    dynamo = torch._dynamo.config
+    dynamo.recompile_limit = max(dynamo.recompile_limit, COMPILE_LIMIT)
+    dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 4 * COMPILE_LIMIT)
     return torch.compile(net, dynamic=False, options={"freezing": True})
 
 
@@ -172,7 +201,8 @@ def optimize(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     net = copy.deepcopy(model).eval().to("cpu", torch.float32)
     folded = fold_batchnorm(net)
-    counts = _swap_convs(net, winograd and precision == "fp32" and device.type == "cpu")
+    cpu = device.type == "cpu"
+    counts = _swap_convs(net, winograd and precision == "fp32" and cpu, precision == "bf16" and cpu)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         dtype = torch.float32  # bf16 by autocast
