@@ -178,7 +178,8 @@ def test_restart_limit_qdel_bad_input_and_lr_find(
     grid_engine, store: Path, tmp_path: Path, mlflow_server: str
 ) -> None:
     good = job_env(mlflow_server, DATA=str(store), **TRAIN)
-    limited = {**good, "EXPERIMENT": "grid-limit", "MAX_RESTARTS": "1"}
+    # enough epochs that the resubmitted job cannot finish before its own stop either
+    limited = {**good, "EXPERIMENT": "grid-limit", "MAX_RESTARTS": "1", "EPOCHS": "40"}
     # only a hard limit: SIGUSR2 a notify time (10 s) before SIGKILL; checkpoint and resubmit
     first = sge.qsub("train.sge", limited, "-N", "t-limit", "-l", "h_rt=0:0:20",
                      cwd=tmp_path)  # fmt: skip
