@@ -17,22 +17,9 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import REPO, Part, machine
+from benchmarks.common import REPO, TARGETS, Part, machine
 
 PARTS = ("ceiling", "inference", "training", "loader", "preprocess", "tracking", "accuracy")
-# results.json key -> (comparison, target): the targets for a 2-core CPU
-TARGETS: dict[str, tuple[str, float]] = {
-    "fp32_speedup_mobile": (">=", 1.5),
-    "fp32_speedup_mobile_gru": (">=", 1.5),
-    "fp32_speedup_resnet": (">=", 1.5),
-    "bf16_speedup_mobile": (">=", 3.0),
-    "bf16_speedup_resnet": (">=", 3.0),
-    "bf16_iou_drop_points": ("<=", 0.5),
-    "loader_frames_per_s": (">=", 470.0),
-    "loader_over_train_step": (">=", 5.0),
-    "tracking_overhead_pct": ("<=", 2.0),
-    "preprocess_realtime_x": (">=", 2.0),
-}
 DEFAULT_OUT = REPO / "benchmarks" / "results.json"
 
 

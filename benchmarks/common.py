@@ -15,6 +15,19 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# results.json key -> (comparison, target): the targets for a 2-core CPU
+TARGETS: dict[str, tuple[str, float]] = {
+    "fp32_speedup_mobile": (">=", 1.5),
+    "fp32_speedup_mobile_gru": (">=", 1.5),
+    "fp32_speedup_resnet": (">=", 1.5),
+    "bf16_speedup_mobile": (">=", 3.0),
+    "bf16_speedup_resnet": (">=", 3.0),
+    "bf16_iou_drop_points": ("<=", 0.5),
+    "loader_frames_per_s": (">=", 470.0),
+    "loader_over_train_step": (">=", 5.0),
+    "tracking_overhead_pct": ("<=", 2.0),
+    "preprocess_realtime_x": (">=", 2.0),
+}
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
 
 

@@ -3,8 +3,8 @@
 Every model is timed frame by frame with its recurrent state carried, from a float frame on the
 host to a mask on the host (as ``recseg segment`` and ``evaluate`` run it):
 
-- reference: the network as built, eager, float32, NCHW, under ``torch.no_grad`` (the seed's
-  computation);
+- reference: the network as built, eager, float32, NCHW (the seed's computation), timed by
+  ``recseg.evaluation.latency.measure_latency`` like every path (inference mode);
 - fp32: ``recseg.inference.optimize(model, "fp32")`` (BatchNorm folded, dead dilated taps
   skipped, Winograd 3x3 convolutions, channels-last, inference mode, ``torch.compile`` when a
   compiler is present);
@@ -14,14 +14,13 @@ host to a mask on the host (as ``recseg segment`` and ``evaluate`` run it):
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from benchmarks.common import Part, median, ratio, time_calls
+from benchmarks.common import Part, ratio
 from recseg.config import parse_size
-from recseg.evaluation.latency import gflops_per_frame
+from recseg.evaluation.latency import gflops_per_frame, measure_latency
 from recseg.inference.optimize import compiler_available, optimize
 from recseg.models import build_model
 
@@ -59,19 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _streamer(model: Any, frames: list[torch.Tensor], device: torch.device) -> Callable[[], None]:
-    """A call that runs the next frame with the carried state, mask back on the host."""
-    box: dict[str, Any] = {"i": 0, "state": None}
-
-    def call() -> None:
-        frame = frames[box["i"] % len(frames)]
-        box["i"] += 1
-        logits, box["state"] = model(frame.to(device), box["state"])
-        logits.argmax(1).cpu()
-
-    return call
-
-
 def _outputs(model: Any, frames: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     """Logits of three streamed frames (float32, on the host)."""
     state, outs = None, []
@@ -82,11 +68,12 @@ def _outputs(model: Any, frames: list[torch.Tensor], device: torch.device) -> to
 
 
 def _measure(model: Any, frames: list[torch.Tensor], device: torch.device, args) -> float:
+    """Median ms/frame as ``recseg evaluate`` times it (``measure_latency``)."""
     timed = args.inference_frames or (4 if args.quick else 20)
-    warmup = 2 if args.quick else 5
-    with torch.no_grad():
-        times = time_calls(_streamer(model, frames, device), device, warmup=warmup, timed=timed)
-    return median(times) * 1000.0
+    clip = torch.cat(frames).numpy()
+    return measure_latency(
+        model, clip, device, timed=timed, warmup=2 if args.quick else 5
+    ).median_ms
 
 
 def measure_model(name: str, size: tuple[int, int], args: argparse.Namespace) -> list[dict]:

@@ -9,7 +9,6 @@ one Deep+_mobile training step (forward, backward through time, SGD) consumes at
 from __future__ import annotations
 
 import argparse
-import itertools
 import shutil
 import time
 from pathlib import Path
@@ -20,18 +19,16 @@ import numpy as np
 import torch
 from skimage import data as skdata
 
-from benchmarks.common import Part, median, ratio, sync
+from benchmarks.common import TARGETS, Part, median, ratio
+from benchmarks.training import train_step_rate
 from recseg.data.loader import make_loader
 from recseg.data.store import ClipRecord, write_clip, write_manifest
-from recseg.models import build_model
-from recseg.models.state import detach_state
-from recseg.training.losses import build_loss
 
 NAME = "loader"
 SIZE = (270, 512)  # H x W
 BATCH, SEQ_LEN = 2, 4
-TARGET_FPS = 470.0  # loader frames/s with augmentation on 2 cores
-TARGET_RATIO = 5.0  # loader frames/s over training frames/s
+TARGET_FPS = TARGETS["loader_frames_per_s"][1]  # with augmentation on 2 cores
+TARGET_RATIO = TARGETS["loader_over_train_step"][1]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,12 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="timed steps after a warm-up; default 3 (quick: 1)",
-    )
-    g.add_argument(
-        "--loader-train-seconds",
-        type=float,
-        default=20.0,
-        help="soft time budget of the timed steps (default 20)",
     )
 
 
@@ -133,48 +124,6 @@ def time_loader(root: Path, workers: int, epochs: int) -> dict[str, Any]:
     return {"batches": len(loader), "fps": median(rates), "epochs_fps": rates, "first": firsts}
 
 
-def _step(
-    model: torch.nn.Module,
-    loss_fn: torch.nn.Module,
-    opt: torch.optim.Optimizer,
-    batch: dict[str, torch.Tensor],
-    state: Any,
-) -> Any:
-    """One SGD step on ``batch`` from recurrent ``state``; the new state, detached."""
-    logits, state = model(batch["frames"], state, batch["reset"])
-    loss = loss_fn(logits, batch["labels"])
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return detach_state(state)
-
-
-def time_training(
-    name: str, batches: list[dict], device: torch.device, steps: int, budget: float
-) -> tuple[float, str]:
-    """Frames/s of SGD steps of ``name`` after one warm-up step: up to ``steps`` steps, fewer
-    once ``budget`` seconds are spent; none if the warm-up alone took longer (then the warm-up
-    step's rate is returned, an underestimate). Returns ``(frames/s, what was timed)``."""
-    model = build_model(name).to(device, memory_format=torch.channels_last).train()  # as train
-    loss_fn = build_loss("CrossDice")
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    batches = [{k: batch[k].to(device) for k in ("frames", "labels", "reset")} for batch in batches]
-    per_step = BATCH * SEQ_LEN
-    t0 = time.perf_counter()
-    state = _step(model, loss_fn, opt, batches[0], None)
-    sync(device)
-    warmup = time.perf_counter() - t0
-    if warmup > budget:
-        return per_step / warmup, f"warm-up step only: {warmup:.1f} s"
-    t0, done = time.perf_counter(), 0
-    while done < steps and (done == 0 or time.perf_counter() - t0 < budget):
-        done += 1
-        state = _step(model, loss_fn, opt, batches[done % len(batches)], state)
-        sync(device)
-    elapsed = time.perf_counter() - t0
-    return per_step * done / elapsed, f"{done} step(s), {elapsed / done:.2f} s/step"
-
-
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     return {
@@ -197,14 +146,11 @@ def run(args: argparse.Namespace) -> Part:
         build_store(root / "store", s["clips"], s["frames"], SIZE)
         built = time.perf_counter() - t0
         timed = {w: time_loader(root / "store", w, s["epochs"]) for w in s["workers"]}
-        loader = make_loader(root / "store", "train", batch_size=BATCH, seq_len=SEQ_LEN)
-        batches = list(itertools.islice(loader, 4))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     model = args.loader_model
-    train_fps, note = time_training(
-        model, batches, args.device, s["steps"], args.loader_train_seconds
-    )
+    step = train_step_rate(model, (BATCH, SEQ_LEN), SIZE, args.device, s["steps"])
+    train_fps, note = step["fps"], f"{s['steps']} step(s), {step['seconds']:.2f} s/step"
     best = max(timed, key=lambda w: timed[w]["fps"])
     best_fps = timed[best]["fps"]
     over = ratio(best_fps, train_fps)
@@ -220,8 +166,9 @@ def run(args: argparse.Namespace) -> Part:
             f"Training loader (augmentation on) over {s['clips']} synthetic clips x {s['frames']} "
             f"frames at {SIZE[0]}x{SIZE[1]}, batch {BATCH} x seq-len {SEQ_LEN}: median frames/s "
             f"of {s['epochs']} epoch(s) without each epoch's first batch (worker start-up), per "
-            f"worker count; training step = {model} forward + backward through time + SGD "
-            f"(CrossDice) on the same batches on {args.device.type}. Targets: loader >= "
+            f"worker count; training step = {model} as in the training part (forward + backward "
+            f"through time + Nesterov SGD, CrossDice) at the same size and B x T on "
+            f"{args.device.type}. Targets: loader >= "
             f"{TARGET_FPS:g} frames/s on 2 cores and >= {TARGET_RATIO:g}x the training step."
         ),
         details={

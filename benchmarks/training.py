@@ -47,11 +47,11 @@ def _peak_mib(device: torch.device) -> float | None:
 
 
 def train_step_rate(
-    name: str, batch: tuple[int, int], size: tuple[int, int], args: argparse.Namespace
+    name: str, batch: tuple[int, int], size: tuple[int, int], device: torch.device, steps: int
 ) -> dict:
     """Frames/s and peak memory of ``name``'s training step (as ``recseg train``: channels-last,
-    CrossDice, Nesterov SGD, state carried and detached between steps)."""
-    device = args.device
+    CrossDice, Nesterov SGD, state carried and detached between steps): the median of ``steps``
+    timed steps after one warm-up."""
     torch.manual_seed(0)
     model = build_model(name).train().to(device, memory_format=torch.channels_last)
     loss_fn = build_loss("CrossDice").to(device)
@@ -70,9 +70,8 @@ def train_step_rate(
         optimizer.step()
         box["state"] = detach_state(state)
 
-    timed = args.training_steps or (1 if args.quick else 3)
     _reset_peak(device)
-    seconds = median(time_calls(step, device, warmup=1, timed=timed))
+    seconds = median(time_calls(step, device, warmup=1, timed=steps))
     return {
         "model": name,
         "seconds": seconds,
@@ -85,11 +84,11 @@ def run(args: argparse.Namespace) -> Part:
     names = [n for n in args.training_models.split(",") if n]
     size = parse_size(args.training_size)
     b, t = (int(v) for v in args.training_batch.lower().split("x"))
-    results = [train_step_rate(name, (b, t), size, args) for name in names]
+    steps = args.training_steps or (1 if args.quick else 3)
+    results = [train_step_rate(name, (b, t), size, args.device, steps) for name in names]
     args.shared["training"] = results
     shape = f"{b} x {t} x {size[0]}x{size[1]}"
     rows = [[r["model"], shape, r["seconds"], r["fps"], r["peak_mib"]] for r in results]
-    timed = args.training_steps or (1 if args.quick else 3)
     return Part(
         name="training",
         columns=COLUMNS,
@@ -97,7 +96,7 @@ def run(args: argparse.Namespace) -> Part:
         figures={f"train_fps_{r['model']}": r["fps"] for r in results},
         method=(
             f"one step = forward over a {b}x{t} clip, CrossDice loss, backward through time, "
-            f"Nesterov SGD; median of {timed} step(s) after one warm-up, random frames, "
+            f"Nesterov SGD; median of {steps} step(s) after one warm-up, random frames, "
             f"channels-last, {args.threads} threads on {args.device}. Peak memory: "
             + ("torch.cuda.max_memory_allocated" if args.device.type == "cuda" else
                "the process's peak resident set (VmHWM, reset per model), interpreter included")

@@ -125,7 +125,8 @@ def evaluate_model(
     runs); the scores are the plain network's at fp32 (the optimised fp32 path agrees within
     1e-4), the optimised network's at bf16."""
     plain = loaded.model.to(device).eval()
-    fast = optimize(plain, cfg.precision, device, compile=cfg.compile)
+    needed = cfg.precision != "fp32" or cfg.latency_frames > 0  # else only the plain one runs
+    fast = optimize(plain, cfg.precision, device, compile=cfg.compile) if needed else None
     model = plain if cfg.precision == "fp32" else fast
     size = eval_size(cfg, loaded, store)
     loss_fn = build_loss(loss_name)

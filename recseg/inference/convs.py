@@ -81,15 +81,19 @@ class TapGemmConv2d(nn.Module):
         super().__init__()
         if not (prunable(conv) and conv.groups == 1):
             raise ValueError(f"not a dilated stride-1 'same' convolution: {conv}")
-        self.register_buffer("weight", conv.weight.detach().clone())
+        # (kh, kw, K, C): the live taps' filters, stacked row-major, are a slice of it (a view
+        # when whole kernel rows are live), not a per-frame concatenation
+        self.register_buffer("taps", conv.weight.detach().permute(2, 3, 0, 1).contiguous())
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
         self.kernel, self.dilation = conv.kernel_size, conv.dilation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
+        n, c, h, w = x.shape
         taps = _live_taps(self.kernel, self.dilation, (h, w))
-        k = self.weight.shape[0]
-        stacked = torch.cat([self.weight[:, :, i : i + 1, j : j + 1] for i, j, _, _ in taps])
+        rows = _alive(self.kernel[0], self.dilation[0], h)
+        cols = _alive(self.kernel[1], self.dilation[1], w)
+        k = self.taps.shape[2]
+        stacked = self.taps[rows, cols].reshape(len(taps) * k, c, 1, 1)
         every = F.conv2d(x, stacked)  # (n, taps * k, h, w)
         out = x.new_zeros((n, k, h, w), dtype=torch.float32)
         out = out.contiguous(memory_format=torch.channels_last)
@@ -137,8 +141,7 @@ _AT = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 
 
 @functools.cache
 def _matrix(name: str) -> torch.Tensor:
-    m = torch.tensor({"BT": _BT, "G": _G, "AT": _AT}[name], dtype=torch.float64)
-    return m
+    return torch.tensor({"BT": _BT, "G": _G, "AT": _AT}[name], dtype=torch.float64)
 
 
 def input_transform() -> torch.Tensor:

@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from recseg.errors import InputError
+from recseg.inference import PRECISIONS
 from recseg.inference.convs import (
     TapGemmConv2d,
     TapPrunedConv2d,
@@ -40,8 +41,7 @@ from recseg.inference.convs import (
 )
 from recseg.models.state import State
 
-PRECISIONS = ("fp32", "bf16")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # one per PRECISIONS
 WINOGRAD_MIN_CHANNELS = 128  # below this the direct kernels are as fast
 COMPILE_LIMIT = 64  # compiled graphs per model code object and process
 TAP_GEMM_MIN_DILATION, TAP_GEMM_MIN_CHANNELS = 8, 1024  # ResNet's ASPP at output stride 8
