@@ -49,58 +49,48 @@ def _no_experiment_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     """A real ``mlflow server`` on 127.0.0.1 (sqlite backend, local artifacts); yields its URI."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+    from tests.servers import Server
 
-    root = tmp_path_factory.mktemp("mlflow-server")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    uri = f"http://127.0.0.1:{port}"
-    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-    )
+    server = Server(tmp_path_factory.mktemp("mlflow-server")).start()
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}"
-                )
-            time.sleep(0.5)
-        yield uri
+        yield server.uri
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def train_store(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny clip store of the tests that run ``recseg train`` in subprocesses."""
+    from tests.stores import make_store
+
+    return make_store(tmp_path_factory.mktemp("run-store"))
+
+
+@pytest.fixture(scope="session")
+def train_reference(train_store, mlflow_server: str, tmp_path_factory: pytest.TempPathFactory):
+    """An uninterrupted ``recseg train`` run on ``train_store``: (its folder, its metric
+    history, its final weights); interrupted runs must end the same."""
+    from tests.trainruns import reference_run
+
+    return reference_run(train_store, mlflow_server, tmp_path_factory.mktemp("reference"))
+
+
+_COUNTS: dict[str, int] = {}
+
+
+@pytest.fixture
+def tally():
+    """``tally(name, n)`` adds ``n`` to a count that the end of the run prints (kills survived,
+    cases tried, metrics verified...), so CI logs show how hard the reliability tests tried."""
+
+    def add(name: str, n: int = 1) -> None:
+        _COUNTS[name] = _COUNTS.get(name, 0) + n
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _COUNTS:
+        terminalreporter.section("reliability counts")
+        for name, n in sorted(_COUNTS.items()):
+            terminalreporter.write_line(f"{name}: {n}")

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -49,15 +50,19 @@ def write_backgrounds(folder: Path, count: int = 4, size: tuple[int, int] = (120
         cv2.imwrite(str(folder / f"bg{i}.jpg"), img)
 
 
-def run_recseg(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m recseg ARGS`` as a user runs it, in ``cwd`` with extra ``env``."""
+def run_recseg(
+    *args: str, cwd: Path, env: dict | None = None, timeout: float = 600, **popen: Any
+) -> subprocess.CompletedProcess:
+    """``python -m recseg ARGS`` as a user runs it, in ``cwd`` with extra ``env`` (and extra
+    ``subprocess.run`` keywords)."""
     return subprocess.run(
         [sys.executable, "-m", "recseg", *args],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         cwd=cwd,
         env={**os.environ, **(env or {})},
+        **popen,
     )
 
 

@@ -76,22 +76,20 @@ def test_unknown_part_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "r.json").exists()
 
 
-def test_data_tracking_and_accuracy_parts(tmp_path: Path) -> None:
-    """Loader, preprocess, tracking (a real mlflow server, a real ``recseg train``) and the bf16
-    accuracy check on the model the tracking part trained."""
+def test_loader_and_preprocess_parts(tmp_path: Path) -> None:
+    """The data parts (the tracking and accuracy parts train real runs for a minute: they are
+    ``make bench``'s, not the test suite's)."""
     out = tmp_path / "results.json"
     result = _bench(
-        "loader", "preprocess", "tracking", "accuracy", "--work", str(tmp_path / "work"),
+        "loader", "preprocess", "--work", str(tmp_path / "work"),
         "--loader-clips", "3", "--loader-frames", "12", "--loader-workers", "0,2",
-        "--loader-train-steps", "1", "--tracking-size", "72x128",
+        "--loader-train-steps", "1",
         out=out,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["loader_frames_per_s"] > 0 and data["loader_over_train_step"] > 0
     assert data["preprocess_realtime_x"] > 0
-    assert 0 < data["tracking_overhead_pct"] < 100
-    assert data["bf16_iou_drop_points"] is not None
-    assert data["parts"]["accuracy"]["pixel_agreement"] > 0.9
-    for heading in ("## loader", "## preprocess", "## tracking", "## accuracy", "## targets"):
+    assert data["tracking_overhead_pct"] is None  # not run
+    for heading in ("## loader", "## preprocess", "## targets"):
         assert heading in result.stdout

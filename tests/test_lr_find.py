@@ -263,7 +263,7 @@ def test_a_failing_sweep_fails_its_run_and_the_parent(
     cfg = LrFindConfig(data=str(broken), model=MODEL, loss="CrossDice", weight_decays="0,1e-4",
                        batch_size=2, seq_len=2, num_iter=4, num_workers=0, device="cpu",
                        experiment=experiment)  # fmt: skip
-    with pytest.raises(InputError, match="not a readable recseg clip file"):
+    with pytest.raises(InputError, match="damaged or not a recseg clip file"):
         run_lr_find(cfg, progress=False)
     client = MlflowClient(tracking)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])

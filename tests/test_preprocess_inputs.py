@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from recseg.data.store import ClipStore, read_clip
+from recseg.data.store import ClipStore
 from tests.media import one_error_line, run_recseg, write_backgrounds, write_video
 
 ARGS = ("--clip-seconds", "1", "--fps", "10", "--size", "64x96")
@@ -125,35 +123,6 @@ def test_other_settings_on_an_existing_store_are_refused(tmp_path: Path, good: P
     result, _ = run_pre(tmp_path, good / "videos", good / "backgrounds", "--fps", "5")
     one_error_line(result, "--out", "other settings", "fps")
     assert {p: p.read_bytes() for p in clip_files(out)} == before
-
-
-def test_killed_run_resumes_to_the_same_store(tmp_path: Path, good: Path) -> None:
-    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
-    ref_dir.mkdir()
-    run_dir.mkdir()
-    result, ref = run_pre(ref_dir, good / "videos", good / "backgrounds")
-    assert result.returncode == 0, result.stderr
-    out = run_dir / "store"
-    cmd = [sys.executable, "-m", "recseg", "preprocess", "--videos", str(good / "videos"),
-           "--backgrounds", str(good / "backgrounds"), "--out", str(out), *ARGS]  # fmt: skip
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{run_dir / 'mlflow.db'}"}
-    proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while len(clip_files(out)) < 3 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "store.json").exists() or proc.returncode == 0
-    (out / "clips" / "train").mkdir(parents=True, exist_ok=True)
-    (out / "clips" / "train" / ".half-written.npz.abc.tmp").write_bytes(b"partial")
-    result = recseg(*cmd[3:], cwd=run_dir)
-    assert result.returncode == 0, result.stderr
-    assert not list(out.rglob("*.tmp"))
-    got, want = ClipStore(out), ClipStore(ref)
-    assert got.splits == want.splits
-    for rec in want.clips("train") + want.clips("test"):
-        a, b = read_clip(want.path(rec)), read_clip(got.path(rec))
-        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
 def test_preprocess_run_is_logged_to_an_mlflow_server(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import signal
@@ -137,14 +138,34 @@ def test_checkpoint_holds_everything_and_loads_safely(store: Path, tmp_path: Pat
     path = tmp_path / "c.pt"
     size = ckpt.save(path, {**trainer.state_dict(), "rng": ckpt.rng_state(), "run_id": "r"})
     assert path.stat().st_size == size and not list(tmp_path.glob("*.tmp"))
-    state = torch.load(path, weights_only=True)  # nothing but tensors and plain values
+    raw = ckpt.unseal(path.read_bytes(), path)
+    state = torch.load(io.BytesIO(raw), weights_only=True)  # only tensors and plain values
     assert {"model", "optimizer", "scheduler", "scaler", "progress", "loader", "lanes",
             "rng"} <= set(state)  # fmt: skip
     assert state["lanes"] and state["loader"]["epoch"] == 1
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(InputError, match="truncated"):
+    with pytest.raises(ckpt.CorruptCheckpoint, match="checksum mismatch"):
         ckpt.load(path)
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x01  # one bit: the zip may still parse; the checksum does not
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(ckpt.CorruptCheckpoint, match="checksum mismatch"):
+        ckpt.load(path)
+    path.write_bytes(raw)  # a version-1 checkpoint (no checksum) still loads
+    assert ckpt.load(path)["run_id"] == "r"
+
+
+def test_keep_previous_leaves_a_complete_checkpoint_at_every_instant(tmp_path: Path) -> None:
+    path = tmp_path / ckpt.LATEST
+    for n in range(3):
+        ckpt.save(path, {"n": n}, keep_previous=True)
+    assert ckpt.load(path)["n"] == 2
+    assert ckpt.load(tmp_path / ckpt.PREVIOUS)["n"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ckpt.LATEST, ckpt.PREVIOUS]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() makes it, not private
 
 
 def test_rng_state_round_trip() -> None:

@@ -8,7 +8,8 @@ import sys
 
 import click
 
-from recseg.errors import EXIT_USAGE, InputError
+from recseg.errors import EXIT_FAILURE, EXIT_USAGE, InputError
+from recseg.tracking import HTTP_DEFAULTS
 
 # sub-command -> "module:attribute", imported only when that command runs (or for --help),
 # so `recseg preprocess` does not pay for importing the models.
@@ -61,9 +62,21 @@ def _fail(message: str, code: int = EXIT_USAGE) -> None:
     sys.exit(code)
 
 
+def _refusal_types() -> tuple[type[BaseException], ...]:
+    """MLflow's and requests' errors, once MLflow is loaded (nothing to catch before that)."""
+    if "mlflow" not in sys.modules:
+        return ()
+    from mlflow.exceptions import MlflowException
+    from requests import HTTPError
+
+    return (MlflowException, HTTPError)
+
+
 def run(command: click.Command, argv: list[str] | None = None, prog_name: str = "recseg") -> None:
     """Run a click command; user errors become one line on stderr and exit code 2."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     try:
         result = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -79,6 +92,20 @@ def run(command: click.Command, argv: list[str] | None = None, prog_name: str = 
         _fail(str(exc))
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except _refusal_types() as exc:  # a tracking server refused the login or the permission
+        from recseg.tracking.runs import refused_message, unreachable_message
+
+        if (line := refused_message(exc)) is not None:
+            _fail(line)
+        if (line := unreachable_message(exc)) is not None:
+            _fail(line, EXIT_FAILURE)  # not the user's doing
+        raise
+    except OSError as exc:  # disk full, read-only or forbidden: the place the user named
+        from recseg.data.paths import WRITE_ERRNOS, message
+
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        _fail(message(exc))
     sys.exit(result if isinstance(result, int) else 0)
 
 

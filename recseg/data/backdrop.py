@@ -38,7 +38,10 @@ def list_images(folder: str | Path, flag: str = "--backgrounds") -> list[Path]:
 def load_image(path: Path, flag: str = "--backgrounds") -> np.ndarray:
     """An image as RGB uint8; ``InputError`` naming the file if it does not decode."""
     data = np.fromfile(str(path), np.uint8) if path.is_file() else None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
+    except cv2.error:  # e.g. a header claiming more pixels than OpenCV decodes
+        raise InputError(f"{flag}: {path} is too large to decode") from None
     if image is None or image.shape[0] < 8 or image.shape[1] < 8:
         raise InputError(f"{flag}: {path} is not a readable image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

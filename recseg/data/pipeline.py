@@ -19,7 +19,7 @@ from recseg.config import parse_size
 from recseg.data.backdrop import CameraPath, fit_background, load_image, render_background
 from recseg.data.chroma import Key, composite, key_frame
 from recseg.data.sources import Source
-from recseg.data.store import ClipRecord, atomic_write_json, read_meta, write_clip
+from recseg.data.store import MANIFEST, ClipRecord, atomic_write_json, read_meta, write_clip
 from recseg.data.video import VideoError, crop_box, decode, fit_size, resampled
 
 
@@ -101,7 +101,9 @@ def done_path(root: Path, name: str) -> Path:
 
 
 def forget_video(root: Path, name: str) -> None:
-    """Delete a video's finished clips and its done marker (its file changed)."""
+    """Delete a video's finished clips and its done marker (its file changed). The manifest
+    goes first: a reader never finds it listing a clip that is gone (the run writes a new one)."""
+    (root / MANIFEST).unlink(missing_ok=True)
     done_path(root, name).unlink(missing_ok=True)
     for path in root.glob(f"clips/*/{name}-[0-9][0-9][0-9].npz"):
         path.unlink()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 from recseg.config import accepts, at_least, one_of, option, parse_size, size_check
 from recseg.data import pipeline
+from recseg.data.paths import WriteFailure, check_target, writing
 from recseg.data.sources import (
     Source,
     check_video,
@@ -43,6 +45,7 @@ def _out_ok(value: str) -> None:
         raise InputError("must name a folder")
     if path.exists() and not path.is_dir():
         raise InputError(f"{value} exists and is not a folder")
+    check_target("", path)
 
 
 @dataclasses.dataclass
@@ -71,7 +74,8 @@ class PreprocessConfig:
         default=15.0, metadata=option("Frame rate of the clips (resampled).", check=_fps_check)
     )
     seed: int = dataclasses.field(
-        default=0, metadata=option("Seed of the splits, backgrounds and camera moves.")
+        default=0,
+        metadata=option("Seed of the splits, backgrounds and camera moves.", check=at_least(0)),
     )
     truth: str = dataclasses.field(
         default="",
@@ -244,7 +248,21 @@ def prepare_preprocess(cfg: PreprocessConfig, warn: Callable[[str], None]) -> Pr
 def run_preprocess(
     job: Prepared, warn: Callable[[str], None] = lambda m: None, progress: bool = True
 ) -> PreprocessResult:
-    """Write the store of a prepared job (resuming what is there)."""
+    """Write the store of a prepared job (resuming what is there). A full disk raises a
+    ``WriteFailure`` naming ``--out``, after removing the store if this call created it (a
+    store that was there before keeps its finished clips, to resume)."""
+    root = Path(job.cfg.out)
+    created = [p for p in (*reversed(root.parents), root) if not p.exists()]
+    try:
+        with writing(root):
+            return _write_store(job, warn, progress)
+    except WriteFailure:
+        if created:
+            shutil.rmtree(created[0], ignore_errors=True)
+        raise
+
+
+def _write_store(job: Prepared, warn: Callable[[str], None], progress: bool) -> PreprocessResult:
     start = time.monotonic()
     cfg, root = job.cfg, Path(job.cfg.out)
     root.mkdir(parents=True, exist_ok=True)

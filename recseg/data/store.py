@@ -21,6 +21,7 @@ import json
 import os
 import tempfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,16 +65,34 @@ class ClipRecord:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync it and rename it over ``path``."""
+def _umask() -> int:
+    """This process's umask, read without changing it (Linux), else the usual 022."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def atomic_write_bytes(
+    path: str | Path, data: bytes, before_replace: Callable[[], None] | None = None
+) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync it and rename it over ``path``
+    (``before_replace()`` runs just before the rename). The file gets the permissions a plain
+    ``open`` would give it (``mkstemp`` alone makes it private to its owner)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -138,7 +157,11 @@ class ClipFile:
                 self.shape = tuple(int(x) for x in data["shape"])
                 self.meta = json.loads(data["meta"].tobytes().decode())
         except (OSError, ValueError, KeyError) as exc:
-            raise InputError(f"{self.path}: not a readable recseg clip file ({exc})") from None
+            reason = str(exc).split(". ")[0] if "allow_pickle" in str(exc) else str(exc)
+            raise InputError(
+                f"{self.path}: damaged or not a recseg clip file ({reason}); re-run "
+                "`recseg preprocess` to remake it"
+            ) from None
         self._labels: np.ndarray | None = None
 
     def __len__(self) -> int:

@@ -32,6 +32,9 @@ def check_output(fmt: str, out: str | Path) -> Path:
         )
     if out.is_dir():
         raise InputError(f"-o {out}: is a folder, expected a file path")
+    from recseg.data.paths import check_target  # here: importing recseg.data loads PyAV
+
+    check_target("-o", out)
     return out
 
 

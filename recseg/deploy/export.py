@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 import zipfile
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 import recseg
+from recseg.data.paths import write_failure
 from recseg.deploy import MAX_OPSET, MIN_OPSET, check_output
 from recseg.errors import InputError
 from recseg.models import RecurrentDeepLab
@@ -144,6 +146,7 @@ def export_model(
     model = loaded.model.to("cpu").eval()
     wrapper = StreamingWrapper(model).eval()
     meta = _metadata(loaded, fmt, size)
+    created = [p for p in reversed(out.parents) if not p.exists()]
     tmp = _temp_beside(out)
     try:
         example = _example(model, size, batch=2)  # batch 2: a batch of 1 would be specialised
@@ -152,13 +155,19 @@ def export_model(
             if fmt == "torchscript":
                 _save_torchscript(wrapper, example, tmp, meta)
         except Exception as exc:  # the exporters' errors are long; keep the first line
+            failure = write_failure(exc, out)  # disk full: the user's to fix, one line
+            if failure is not None:
+                raise failure from exc
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ExportError(f"{fmt} export of {loaded.name} failed: {first}") from exc
         diff = _check(model, tmp, fmt, size) if check else None
         os.chmod(tmp, 0o644)  # mkstemp made it private (0600)
         os.replace(tmp, out)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        for folder in created[:1]:  # the outermost folder made for the file, whole
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     return ExportInfo(
         path=out,
         fmt=fmt,
@@ -250,7 +259,9 @@ def _quiet() -> Iterator[None]:
 def _save_torchscript(wrapper: StreamingWrapper, example: tuple, path: Path, meta: dict) -> None:
     with _quiet(), torch.no_grad():
         traced = torch.jit.trace(wrapper, example, check_trace=False)
-        torch.jit.save(traced, str(path), _extra_files={EXTRA_FILE: json.dumps(meta, indent=1)})
+        buffer = io.BytesIO()  # torch's own file writer aborts the process on a full disk
+        torch.jit.save(traced, buffer, _extra_files={EXTRA_FILE: json.dumps(meta, indent=1)})
+    path.write_bytes(buffer.getvalue())
 
 
 def _save_onnx(

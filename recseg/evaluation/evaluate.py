@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from recseg.data.loader import TemporalLoader
 from recseg.evaluation.metrics import SegmentationMetrics
+from recseg.faults import fail_point
 from recseg.models.state import State
 
 # the split-level metrics an evaluation reports (besides "loss")
@@ -96,6 +97,7 @@ def evaluate(
             loss_sum += float(loss_fn(logits.float(), labels)) * real
             frames_seen += real
         metrics.update(logits.argmax(2), labels, reset)
+        fail_point("evaluate")
         if picked is None and samples:
             picked = _pick_samples(batch, logits, samples)
     result = {k: v for k, v in metrics.compute().items() if k in METRICS}

@@ -75,13 +75,18 @@ def configurations(grid: Grid, train_cmd: click.Command) -> list[TrainConfig]:
         args: list[str] = []
         for name, value in zip(names, combo, strict=True):
             args += _args(train_cmd, name, value)
-        try:
-            with train_cmd.make_context("sweep", args) as ctx:
-                cfg = build(TrainConfig, dict(ctx.params))
-        except click.ClickException as exc:
-            raise InputError(exc.format_message()) from None
+        cfg = train_config(train_cmd, args)
         out.append(dataclasses.replace(cfg, data=str(Path(cfg.data).resolve())))
     return out
+
+
+def train_config(train_cmd: click.Command, args: list[str]) -> TrainConfig:
+    """The checked ``TrainConfig`` of ``recseg train ARGS`` (``InputError`` names the option)."""
+    try:
+        with train_cmd.make_context("train", args) as ctx:
+            return build(TrainConfig, dict(ctx.params))
+    except click.ClickException as exc:
+        raise InputError(exc.format_message()) from None
 
 
 def _args(train_cmd: click.Command, name: str, value: str) -> list[str]:

@@ -102,8 +102,12 @@ def check_paths(input_path: Path, output_path: Path, masks: Path | None) -> None
         raise InputError(f"-o {output_path}: the output must not be the input video")
     if output_path.is_dir():
         raise InputError(f"-o {output_path}: is a folder")
+    from recseg.data.paths import check_target  # here: importing recseg.data loads PyAV
+
+    check_target("-o", output_path)
     if masks is None:
         return
+    check_target("--masks", masks)
     if _same(masks, input_path) or _same(masks, output_path):
         raise InputError(f"--masks {masks}: must differ from the input and the output")
     if masks.suffix.lower() == ".mp4":

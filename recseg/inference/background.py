@@ -139,7 +139,10 @@ def open_background(text: str) -> Background:
 
 def _open_file(path: Path, text: str) -> Background:
     if path.suffix.lower() not in VIDEO_SUFFIXES and cv2.haveImageReader(str(path)):
-        image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
+        try:
+            image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error:  # e.g. a header claiming more pixels than OpenCV decodes
+            raise InputError(f"--background {text}: the image is too large to decode") from None
         if image is None or image.size == 0:
             raise InputError(f"--background {text}: the image cannot be decoded")
         return ImageBackground(path, cv2.cvtColor(image, cv2.COLOR_BGR2RGB))

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from recseg.config import parse_size
 from recseg.data.footage.video import Mp4Writer
+from recseg.data.paths import writing
 from recseg.data.video import VideoError, VideoInfo, decode, probe
 from recseg.inference import CHUNK, check_paths
 from recseg.inference.background import Background, composite, mask_frame, open_background
@@ -216,7 +217,8 @@ def segment_video(
     job = _Job(input_path, output_path, masks_path, info, work, background, threshold, chunk)
     created = _make_folders(output_path.parent, masks_path.parent if masks_path else None)
     try:
-        return _segment(job, model, device, progress)
+        with writing(output_path):
+            return _segment(job, model, device, progress)
     except BaseException:
         for folder in reversed(created):  # folders made for outputs that never came
             with contextlib.suppress(OSError):

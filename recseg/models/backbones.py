@@ -6,6 +6,7 @@ state dict; nothing is ever downloaded.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,11 @@ def _load_pretrained(model: nn.Module, path: str | Path, name: str) -> None:
         raise InputError(f"pretrained weights file not found: {path}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # weights_only=True refused an object
+        raise InputError(
+            f"pretrained weights {path} hold Python objects besides tensors: refused, they "
+            "could run code"
+        ) from None
     except Exception as exc:
         raise InputError(f"cannot read pretrained weights {path}: {type(exc).__name__}") from exc
     for key in ("state_dict", "model"):

@@ -21,7 +21,11 @@ from recseg.errors import InputError
 from recseg.tracking import tags
 from recseg.tracking.runs import quiet_mlflow
 
-STALE_AFTER = 2 * 3600.0  # seconds without a heartbeat after which a remote run is "gone?"
+# Seconds without a heartbeat after which a run on another host is "gone?": three missed
+# heartbeats (a training process sets one every 300 s; it gives up on an unreachable tracking
+# server after --tracking-timeout, 900 s by default, so it cannot be silently alive for longer).
+STALE_AFTER = 900.0
+STALE = ("gone", "gone?")  # process states of a RUNNING run whose process is not there
 PAGE_SIZE = 1000  # runs / experiments per search request
 TRAIN_FILTER = f"tags.`{tags.KIND}` = 'train'"
 
@@ -48,6 +52,22 @@ class RunRow:
     job: str | None
     stopped: str | None
     start_time: float | None
+
+    @property
+    def stale(self) -> bool:
+        """RUNNING, and its process is gone (this host) or silent too long (another host)."""
+        return self.status == "RUNNING" and self.process in STALE
+
+    def stale_reason(self, now: float) -> str:
+        """Why the run counts as stale, for its ``recseg.stopped`` tag."""
+        who = f"process {self.pid if self.pid is not None else '?'} on host {self.host or '?'}"
+        if self.process == "gone":
+            return f"stale: {who} gone; marked by recseg runs"
+        last = self.heartbeat_age
+        if last is None and self.start_time is not None:
+            last = now - self.start_time
+        silent = f"no heartbeat for {last:.0f} s" if last is not None else "no heartbeat"
+        return f"stale: {who} gone ({silent}); marked by recseg runs"
 
     @property
     def progress(self) -> str:
@@ -194,3 +214,23 @@ def search_all(client: MlflowClient, experiment_ids: list[str], filter_string: s
         token = page.token
         if not token:
             return runs
+
+
+def current_row(client: MlflowClient, run_id: str, stale_after: float = STALE_AFTER) -> RunRow:
+    """The :class:`RunRow` of one run as it is now (to check a run again right before acting
+    on it: its process may have come back since it was listed)."""
+    run = client.get_run(run_id)
+    experiment = client.get_experiment(run.info.experiment_id).name
+    return to_row(run, experiment, time.time(), stale_after)
+
+
+def mark_killed(client: MlflowClient, row: RunRow, stale_after: float = STALE_AFTER) -> str | None:
+    """End a stale run KILLED with the reason in its ``recseg.stopped`` tag; the reason, or
+    None when the run is no longer stale (it ended, or its process is there again)."""
+    now = current_row(client, row.run_id, stale_after)
+    if not now.stale:
+        return None
+    reason = now.stale_reason(time.time())
+    client.set_tag(row.run_id, tags.STOPPED, reason)
+    client.set_terminated(row.run_id, "KILLED")
+    return reason

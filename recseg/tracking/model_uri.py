@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from mlflow.models import Model
 from recseg.config import MODEL_URIS
 from recseg.errors import InputError
 from recseg.models import RecurrentDeepLab, build_model
-from recseg.tracking.runs import quiet_mlflow
+from recseg.tracking.runs import quiet_mlflow, refused_message, tracking_server
 
 ARCHITECTURE_FILE = "artifacts/architecture.json"
 WEIGHTS_FILE = "artifacts/weights.pt"
@@ -47,10 +48,10 @@ def _download(uri: str, dst: Path) -> Path:
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     except MlflowException as exc:
+        if refused_message(exc):  # a login or permission problem: the CLI says which
+            raise
         reason = str(exc.message if hasattr(exc, "message") else exc).splitlines()[0]
-        raise InputError(
-            f"model {uri}: not found on {mlflow.get_tracking_uri()} ({reason})"
-        ) from None
+        raise InputError(f"model {uri}: not found on {tracking_server()} ({reason})") from None
     except OSError as exc:
         raise InputError(f"model {uri}: cannot be read ({exc})") from None
 
@@ -63,8 +64,36 @@ def build_network(
     arch = json.loads(Path(arch_file).read_text())
     weights = torch.load(weights_file, weights_only=True, map_location=device)
     model = build_model(arch["model"], **arch["options"])
+    check_fit(model, weights, arch["model"])
     model.load_state_dict(weights, strict=True)
     return model, arch
+
+
+class WeightsMismatch(ValueError):
+    """The weights file holds another architecture's weights."""
+
+
+def check_fit(model: torch.nn.Module, weights: object, name: str) -> None:
+    """``WeightsMismatch`` (one line: counts and an example) when ``weights`` is not a state
+    dict of ``model`` (built as ``name``): missing or unexpected keys, or other shapes."""
+    if not isinstance(weights, dict):
+        raise WeightsMismatch(f"the weights file holds a {type(weights).__name__}, not weights")
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [
+        k
+        for k in own
+        if k in weights and tuple(getattr(weights[k], "shape", ())) != tuple(own[k].shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} of other shapes"
+    example = (unexpected or missing or shapes)[0]
+    raise WeightsMismatch(
+        f"the weights do not fit its architecture {name}: they belong to another model "
+        f"({counts}, e.g. {example})"
+    )
 
 
 def read_model_dir(folder: Path, uri: str, device: torch.device | str = "cpu") -> LoadedModel:
@@ -74,8 +103,13 @@ def read_model_dir(folder: Path, uri: str, device: torch.device | str = "cpu") -
         raise InputError(f"model {uri}: not a recseg model (no {ARCHITECTURE_FILE})")
     try:
         model, arch = build_network(arch_file, weights_file, device)
+    except WeightsMismatch as exc:
+        raise InputError(f"model {uri}: {exc}") from None
     except Exception as exc:  # truncated or foreign file
-        raise InputError(f"model {uri}: weights cannot be loaded ({exc})") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if isinstance(exc, pickle.UnpicklingError):  # weights_only=True refused an object
+            first = "it holds Python objects besides tensors: refused, they could run code"
+        raise InputError(f"model {uri}: {WEIGHTS_FILE} cannot be loaded ({first})") from None
     size = arch.get("size")
     run_id = None
     if (folder / "MLmodel").is_file():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import urllib.parse
 from collections.abc import Iterator
 
 import mlflow
@@ -57,10 +59,108 @@ def existing_run(client: MlflowClient, run_id: str) -> Run:
     """The run ``--run-id`` names; ``InputError`` when the server has none or it is deleted."""
     try:
         run = client.get_run(run_id)
-    except MlflowException:
+    except MlflowException as exc:
+        if refused_message(exc):  # a login or permission problem, not a missing run
+            raise
         raise InputError(
-            f"--run-id: no run {run_id} on the tracking server {mlflow.get_tracking_uri()}"
+            f"--run-id: no run {run_id} on the tracking server {tracking_server()}"
         ) from None
     if run.info.lifecycle_stage == "deleted":
         raise InputError(f"--run-id: run {run_id} is deleted")
     return run
+
+
+# MLflow's error codes (and HTTP statuses) of a server that refused the login or the permission
+_REFUSALS = {
+    "UNAUTHENTICATED": 401,
+    "CUSTOMER_UNAUTHORIZED": 401,
+    "PERMISSION_DENIED": 403,
+}
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with the password of inline credentials (``http://user:secret@host``) replaced
+    by ``***``; anything else unchanged. Use it wherever a tracking URI is printed."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        password = parts.password
+    except ValueError:  # not a URL (a bad port...): hide everything between :// and @
+        return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", uri)
+    if password is None:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def tracking_server() -> str:
+    """The tracking URI in use, fit to print (no password)."""
+    return redact_uri(mlflow.get_tracking_uri())
+
+
+def tracking_user() -> str | None:
+    """The user recseg logs in as: ``MLFLOW_TRACKING_USERNAME`` (or MLflow's credentials file),
+    else the user named in the tracking URI; None when anonymous."""
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    try:
+        user = read_mlflow_creds().username
+    except Exception:  # an unreadable credentials file: MLflow itself will say so
+        user = None
+    return user or urllib.parse.urlsplit(mlflow.get_tracking_uri()).username or None
+
+
+def _refusal(exc: BaseException) -> tuple[int, str] | None:
+    """(401 or 403, what was refused) when ``exc`` or an exception it came from is a tracking
+    server's refusal; None otherwise."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        status = None
+        if isinstance(exc, MlflowException):
+            status = _REFUSALS.get(str(exc.error_code))
+        response = getattr(exc, "response", None)  # requests.HTTPError (artifact uploads)
+        if status is None and getattr(response, "status_code", None) in (401, 403):
+            status = response.status_code
+        if status is not None:
+            endpoint = re.search(r"endpoint (\S+) failed", str(exc))
+            what = endpoint[1].removeprefix("/api/2.0/mlflow/") if endpoint else "the request"
+            return status, what
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def refused_message(exc: BaseException) -> str | None:
+    """One line for a tracking server that refused recseg's login (HTTP 401) or permission
+    (403), naming the server and the user, never the password; None for any other error."""
+    refusal = _refusal(exc)
+    if refusal is None:
+        return None
+    status, what = refusal
+    user = tracking_user()
+    server = f"the tracking server at {tracking_server()}"
+    if status == 403:
+        return (
+            f"{server} refused user '{user or 'anonymous'}': permission denied for {what} (the "
+            "experiment or run is not yours, or not there: ask its owner or an admin for EDIT "
+            "permission, or pass --experiment with one of your own)"
+        )
+    if user is None:
+        return f"{server} needs a login: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    return (
+        f"{server} refused user '{user}': wrong user name or password (check "
+        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or the credentials in "
+        "MLFLOW_TRACKING_URI)"
+    )
+
+
+def unreachable_message(exc: BaseException) -> str | None:
+    """One line for a tracking server that does not answer (connection refused, timeout, a
+    5xx); None for any other error."""
+    from recseg.tracking.train import is_outage
+
+    if not is_outage(exc):
+        return None
+    reason = " ".join(str(exc).split())
+    errno = re.findall(r"\[Errno -?\d+\][^\"')]*", reason)  # "[Errno 111] Connection refused"
+    reason = errno[-1].strip() if errno else reason.rpartition("failed with ")[2] or reason
+    return f"cannot reach the tracking server at {tracking_server()}: {reason[:200]}"

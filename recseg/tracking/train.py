@@ -1,5 +1,11 @@
 """The MLflow side of a training run: find or start the run, check params, log each metric
-step once (batched), upload checkpoints and artifacts, keep the liveness tags current."""
+step once (batched), upload checkpoints and artifacts, keep the liveness tags current.
+
+The tracking server may go away mid-run (a restart, a network outage): training goes on. Metrics
+wait in memory (and in every checkpoint: see ``TrainRun.pending``), pictures in a local outbox
+folder, and all of them are sent once the server answers again. How long it has been away is
+``TrainRun.down_for()``; the job decides when that is too long.
+"""
 
 from __future__ import annotations
 
@@ -18,14 +24,33 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import Metric, Run, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from recseg.data.store import atomic_write_bytes
 from recseg.errors import InputError
+from recseg.faults import fail_point
 from recseg.tracking import tags as T
 from recseg.tracking.runs import existing_run, log_new_params, quiet_mlflow
 from recseg.training.config import TrainConfig, check_unchanged
 
 MAX_BATCH = 200  # MLflow accepts up to 1000 metrics per log_batch call; stay well below
+RETRY_EVERY = 10.0  # seconds between attempts to reach a server that did not answer
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server is unreachable or failing (retry later) rather than
+    that it refused the request (a 4xx: wrong credentials, no such run - a real error)."""
+    if isinstance(exc, InputError):
+        return False
+    if isinstance(exc, MlflowException):  # RestException too; connection errors come as 500
+        status = exc.get_http_status_code()
+        return status >= 500 or status == 429
+    response = getattr(exc, "response", None)  # requests.HTTPError from artifact uploads
+    status = getattr(response, "status_code", None)
+    if status is not None:
+        return status >= 500 or status == 429
+    return isinstance(exc, Exception)
 
 
 def find_run(cfg: TrainConfig, client: MlflowClient) -> Run | None:
@@ -82,7 +107,12 @@ class TrainRun:
         self.active = run
         self.run_id = run.info.run_id
         self.client = MlflowClient()
-        self.done = done
+        self.done = done  # (metric, step) logged or pending
+        self.pending: list[Metric] = []  # metrics the server has not taken yet
+        self.outbox: Path | None = None  # artifacts waiting for the server
+        self.warn: Callable[[str], None] = lambda message: None
+        self.down_since: float | None = None
+        self._next_try = 0.0
 
     @classmethod
     def start(cls, cfg: TrainConfig, existing: Run | None) -> TrainRun:
@@ -103,22 +133,81 @@ class TrainRun:
         """Log the params the run does not have yet (``mlflow run`` logs its own first)."""
         log_new_params({k: str(v) for k, v in params.items()})
 
+    # ---- the server may be away ------------------------------------------------------------
+    def down_for(self) -> float:
+        """Seconds since the server stopped answering (0 while it answers)."""
+        return 0.0 if self.down_since is None else time.monotonic() - self.down_since
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        """``fn(...)`` unless the server is known to be away (retried every ``RETRY_EVERY``
+        seconds); False when it is away. A refusal (4xx) raises."""
+        now = time.monotonic()
+        if self.down_since is not None and now < self._next_try:
+            return False
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            if self.down_since is None:
+                self.down_since = now
+                reason = " ".join(str(exc).split())[:200]
+                self.warn(f"tracking server unreachable ({reason}); training goes on, "
+                          "metrics wait here until it is back")  # fmt: skip
+            self._next_try = time.monotonic() + RETRY_EVERY
+            return False
+        if self.down_since is not None:
+            self.warn(f"tracking server back after {self.down_for():.0f} s")
+            self.down_since = None
+        return True
+
+    def flush(self) -> bool:
+        """Send the pending metrics and the outbox; True when nothing waits any more."""
+        while self.pending:
+            batch = self.pending[:MAX_BATCH]
+            if not self._call(self.client.log_batch, self.run_id, metrics=batch):
+                return False
+            del self.pending[: len(batch)]
+        if self.outbox is None or not self.outbox.is_dir():
+            return True
+        waiting = (p for p in self.outbox.rglob("*") if p.is_file() and p.suffix != ".tmp")
+        for path in sorted(waiting):
+            folder = path.parent.relative_to(self.outbox).as_posix()
+            if not self._call(self.client.log_artifact, self.run_id, str(path), folder):
+                return False
+            path.unlink()
+        return True
+
+    def wait_until_up(self, timeout: float) -> bool:
+        """Flush, retrying until the server takes everything or ``timeout`` seconds passed."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while not self.flush():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(RETRY_EVERY, max(0.1, deadline - time.monotonic())))
+            self._next_try = 0.0
+        return self._call(self.client.get_run, self.run_id)
+
+    # ---- logging ----------------------------------------------------------------------------
     def log_metrics(self, metrics: dict[str, float], step: int) -> int:
-        """Log finite metrics at ``step`` in one batch, skipping steps already logged."""
+        """Log finite metrics at ``step`` in one batch, skipping steps already logged; while
+        the server is away they wait in ``pending``. Returns how many were new."""
         now = int(time.time() * 1000)
         new = [
             Metric(k, float(v), now, step)
             for k, v in metrics.items()
             if (k, step) not in self.done and v is not None and math.isfinite(float(v))
         ]
-        for i in range(0, len(new), MAX_BATCH):
-            self.client.log_batch(self.run_id, metrics=new[i : i + MAX_BATCH])
         self.done.update((m.key, step) for m in new)
+        self.pending.extend(new)
+        self.flush()
         return len(new)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
+        """Set tags now; while the server is away they are dropped (they describe the
+        present, and the next call sets them afresh)."""
         items = [RunTag(k, str(v)) for k, v in tags.items()]
-        self.client.log_batch(self.run_id, tags=items)
+        self._call(self.client.log_batch, self.run_id, tags=items)
 
     def alive(self, **extra: Any) -> None:
         """Tags saying which process works on the run now."""
@@ -133,15 +222,23 @@ class TrainRun:
         )
 
     def upload(self, path: Path, folder: str) -> None:
+        """Upload one file now (raises when the server is away: the caller retries)."""
         self.client.log_artifact(self.run_id, str(path), folder)
 
     def log_bytes(self, data: bytes, artifact_file: str) -> None:
-        """Log ``data`` as the artifact ``artifact_file`` (``folder/name``)."""
+        """Log ``data`` as the artifact ``artifact_file`` (``folder/name``); while the server
+        is away it waits in the outbox (a newer file of the same name replaces it)."""
         folder, _, name = artifact_file.rpartition("/")
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
             path.write_bytes(data)
-            self.client.log_artifact(self.run_id, str(path), folder or None)
+            if self.flush() and self._call(
+                self.client.log_artifact, self.run_id, str(path), folder or None
+            ):
+                return
+        if self.outbox is None:
+            raise RuntimeError(f"tracking server unreachable; {artifact_file} not logged")
+        atomic_write_bytes(self.outbox / artifact_file, data)
 
     def log_json(self, data: Any, artifact_file: str) -> None:
         self.log_bytes(json.dumps(data, indent=2, default=str).encode(), artifact_file)
@@ -159,31 +256,45 @@ class TrainRun:
         threading.Thread(target=beat, name="recseg-heartbeat", daemon=True).start()
 
     def end(self, status: str) -> None:
+        """End the run with ``status``; while the server is away it stays RUNNING (``recseg
+        runs --stale`` finds it; resuming continues it)."""
         if getattr(self, "_beating", None) is not None:
             self._beating.set()
-        mlflow.end_run(status=status)
+        if not self._call(mlflow.end_run, status=status):
+            self.warn(f"could not mark run {self.run_id} {status}: tracking server unreachable")
 
 
 class Uploader:
     """Uploads checkpoint files from a background thread, so the next epoch does not wait for
     the network; the tags saying which checkpoint the artifacts hold are set after the files
-    arrived. One upload at a time: ``submit`` and ``wait`` first finish the previous one."""
+    arrived. One upload at a time: ``submit`` and ``wait`` first finish the previous one. Files
+    that did not arrive (the server was away) are ``owed`` and go with the next upload."""
 
     def __init__(self, run: TrainRun, warn: Callable[[str], None]) -> None:
         self.run, self.warn = run, warn
         self.seconds = 0.0  # how long the last upload took
+        self.owed: dict[Path, None] = {}  # files to upload, in order
+        self.tags: dict[str, Any] = {}  # the tags that go with them
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recseg-upload")
         self._pending: Future | None = None
 
     def submit(self, paths: list[Path], tags: dict[str, Any]) -> None:
         self.wait()
-        self._pending = self._pool.submit(self._upload, list(paths), dict(tags))
+        self.owed.update(dict.fromkeys(paths))
+        self.tags = dict(tags)
+        self._pending = self._pool.submit(self._upload, list(self.owed), self.tags)
 
     def _upload(self, paths: list[Path], tags: dict[str, Any]) -> None:
+        if self.run.down_since is not None:  # not now: the next submit or finish() tries
+            return
         start = time.perf_counter()
         for path in paths:
             self.run.upload(path, "checkpoints")
-        self.run.set_tags(tags)
+            fail_point("upload")
+        self.run.client.log_batch(
+            self.run.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]
+        )
+        self.owed.clear()
         self.seconds = time.perf_counter() - start
 
     def wait(self) -> None:
@@ -199,3 +310,9 @@ class Uploader:
     def close(self) -> None:
         self.wait()
         self._pool.shutdown()
+
+    def drain(self) -> None:
+        """Close, uploading in this thread whatever is still owed (the server is back)."""
+        self.close()
+        if self.owed:
+            self._upload(list(self.owed), self.tags)

@@ -40,7 +40,15 @@ BEST_METRICS = (
 LOWER_IS_BETTER = ("val_loss", "val_flicker")
 # Options of the job rather than the run: not compared (nor re-logged) when a run resumes.
 DEFAULT_EXPERIMENT = "train"
-JOB_OPTIONS = ("run_id", "time_limit", "num_workers", "experiment", "checkpoint_dir", "device")
+JOB_OPTIONS = (
+    "run_id",
+    "time_limit",
+    "tracking_timeout",
+    "num_workers",
+    "experiment",
+    "checkpoint_dir",
+    "device",
+)
 
 
 def _non_negative(value: float) -> str | None:
@@ -232,6 +240,15 @@ class TrainConfig:
             "Seconds this job may run: checkpoint and exit 99 before the next epoch (or "
             "step) would not fit; 0: no limit.",
             check=_non_negative,
+        ),
+    )
+    tracking_timeout: float = dataclasses.field(
+        default=900.0,
+        metadata=option(
+            "Seconds the tracking server may stay unreachable: training goes on meanwhile "
+            "(metrics wait locally and land when it is back); after this long, checkpoint and "
+            "exit 99.",
+            check=at_least(1),
         ),
     )
     num_workers: int = num_workers_field()

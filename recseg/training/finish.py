@@ -17,6 +17,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from recseg.config import as_params
+from recseg.faults import fail_point
 from recseg.tracking import tags as T
 from recseg.tracking.train import TrainRun
 from recseg.training import checkpoint as ckpt
@@ -92,6 +93,7 @@ def start_tracking(job: Job, existing: Run | None, state: dict[str, Any] | None)
         _log_dataset(store_dataset(job.setup.store))
     if state is not None:
         _catch_up(job, state)
+    run.flush()  # pictures an earlier job kept while the server was away
 
 
 def _log_dataset(dataset: Any, tries: int = 3) -> None:
@@ -117,6 +119,8 @@ def _catch_up(job: Job, state: dict[str, Any]) -> None:
             by_epoch.setdefault(int(epoch), {})[key] = value
     for epoch, metrics in sorted(by_epoch.items()):
         run.log_metrics(metrics, step=epoch)
+    for key, value, _, step in state.get("pending", []):  # waited for a server that was away
+        run.log_metrics({key: value}, step=int(step))
     tag = int(run.client.get_run(run.run_id).data.tags.get(T.CHECKPOINT_STEP, -1))
     if state["progress"]["step"] > tag:  # the local checkpoint never reached the server
         folder = job.folder / run.run_id
@@ -127,22 +131,28 @@ def _catch_up(job: Job, state: dict[str, Any]) -> None:
         run.set_tags({T.CHECKPOINT_EPOCH: p["epoch"], T.CHECKPOINT_STEP: p["step"]})
 
 
-def finish(job: Job) -> None:
-    """Log the best weights as the run's pyfunc model and end the run FINISHED."""
+def finish(job: Job) -> bool:
+    """Log the best weights as the run's pyfunc model and end the run FINISHED; False (nothing
+    done) when the tracking server stays away for the rest of ``--tracking-timeout``."""
     from recseg.tracking.pyfunc import log_clip_model
 
     run, uploads = job.run, job.uploads
     assert run is not None and uploads is not None
-    uploads.close()
+    uploads.wait()
+    if not run.wait_until_up(job.cfg.tracking_timeout - run.down_for()):
+        return False
+    uploads.drain()
     best = job.folder / run.run_id / ckpt.BEST
     model = job.setup.model
     if best.exists():
         model.load_state_dict(ckpt.load(best)["model"])
     model.eval()
     info = log_clip_model(model, job.cfg.model, size=job.setup.train_loader.size)
+    fail_point("log-model")
     p = job.trainer.progress
     summary = f"best {job.cfg.best_metric} {p.best_value} at epoch {p.best_epoch}"
     run.set_tags({MODEL_LOGGED: info.model_uri, T.STOPPED: "", "best": summary})
     run.alive(**job.checkpoint_tags())
     run.end("FINISHED")
     job.echo(f"finished run {run.run_id}: {summary}; model {info.model_uri}")
+    return True

@@ -4,6 +4,7 @@ with 0 (the run is FINISHED) or 99 (stopped on request after a checkpoint: reque
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import tempfile
 import time
@@ -17,8 +18,16 @@ from mlflow.tracking import MlflowClient
 
 from recseg.config import as_params
 from recseg.errors import EXIT_OK, EXIT_REQUEUE, InputError
+from recseg.faults import fail_point
+from recseg.tracking import HTTP_DEFAULTS
 from recseg.tracking import tags as T
-from recseg.tracking.train import TrainRun, Uploader, find_run
+from recseg.tracking.train import (
+    RETRY_EVERY,
+    TrainRun,
+    Uploader,
+    find_run,
+    is_outage,
+)
 from recseg.training import checkpoint as ckpt
 from recseg.training.config import TrainConfig
 from recseg.training.finish import already_done, finish, start_tracking
@@ -29,16 +38,48 @@ from recseg.training.trainer import EpochRecord, Trainer
 Echo = Callable[[str], None]
 
 
-def _newest_checkpoint(cfg: TrainConfig, run_id: str, tag_step: int) -> dict[str, Any] | None:
-    """The latest checkpoint of the run: the local file, or the run's artifact when newer."""
-    local = Path(cfg.checkpoint_dir) / run_id / ckpt.LATEST
-    payload = ckpt.load(local) if local.exists() else None
-    if payload is not None and payload.get("run_id") != run_id:
-        raise InputError(f"checkpoint {local} belongs to run {payload.get('run_id')}, not {run_id}")
-    if payload is not None and payload["progress"]["step"] >= tag_step:
-        return payload
-    if tag_step < 0:
-        return payload
+def _newest_checkpoint(
+    cfg: TrainConfig, run_id: str, tag_step: int, warn: Echo
+) -> dict[str, Any] | None:
+    """The newest good checkpoint of the run: the local ``latest.pt`` (``previous.pt`` when
+    it is damaged), or the run's artifact when that is newer. A damaged file is reported and
+    skipped, never loaded; ``CorruptCheckpoint`` when every one there is damaged."""
+    folder = Path(cfg.checkpoint_dir) / run_id
+    damaged: list[str] = []
+    payload = _first_good([folder / ckpt.LATEST, folder / ckpt.PREVIOUS], damaged, warn)
+    if tag_step >= 0 and (payload is None or payload["progress"]["step"] < tag_step):
+        remote = _artifact_checkpoint(run_id, damaged, warn)
+        if remote is not None and (payload is None or _step(remote) > _step(payload)):
+            payload = remote
+    if payload is None and damaged:
+        raise ckpt.CorruptCheckpoint(f"no usable checkpoint for run {run_id}: {damaged[0]}")
+    if payload is not None:
+        _check_belongs(payload, cfg, run_id)
+        if damaged:
+            warn(f"resuming from the checkpoint of epoch {payload['progress']['epoch']}, "
+                 f"step {_step(payload)}")  # fmt: skip
+    return payload
+
+
+def _step(payload: dict[str, Any]) -> int:
+    return int(payload["progress"]["step"])
+
+
+def _first_good(paths: list[Path], damaged: list[str], warn: Echo) -> dict[str, Any] | None:
+    """The first of ``paths`` that exists and loads; damaged ones are reported and skipped."""
+    for path in paths:
+        if not path.exists():
+            continue
+        try:
+            return ckpt.load(path)
+        except ckpt.CorruptCheckpoint as exc:
+            damaged.append(str(exc))
+            warn(f"{exc}; not using it")
+    return None
+
+
+def _artifact_checkpoint(run_id: str, damaged: list[str], warn: Echo) -> dict[str, Any] | None:
+    """The run's artifact ``checkpoints/latest.pt``; None when it is gone or damaged."""
     artifact = f"checkpoints/{ckpt.LATEST}"
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -46,13 +87,23 @@ def _newest_checkpoint(cfg: TrainConfig, run_id: str, tag_step: int) -> dict[str
                 run_id=run_id, artifact_path=artifact, dst_path=tmp
             )
         except Exception:  # the tag was set but the upload is gone: fall back to local
-            return payload
+            return None
         try:
             return ckpt.load(path)
-        except InputError:
-            raise InputError(
-                f"the run's artifact {artifact} is truncated or not a recseg checkpoint"
-            ) from None
+        except ckpt.CorruptCheckpoint as exc:
+            damaged.append(f"the run's artifact {artifact}: {exc}")
+            warn(f"the run's artifact {artifact} is damaged ({exc}); not using it")
+            return None
+
+
+def _check_belongs(payload: dict[str, Any], cfg: TrainConfig, run_id: str) -> None:
+    """``InputError`` for a checkpoint of another run or another model."""
+    if payload.get("run_id") != run_id:
+        raise InputError(f"checkpoint of run {payload.get('run_id')} found for run {run_id}")
+    if payload.get("model_name") not in (None, cfg.model):
+        raise InputError(
+            f"checkpoint for run {run_id} holds a {payload['model_name']} model, not {cfg.model}"
+        )
 
 
 class Job:
@@ -65,9 +116,15 @@ class Job:
         self.folder = Path(cfg.checkpoint_dir)
 
     def attach(self, run: TrainRun) -> None:
-        """Use ``run`` from now on (uploads go through a background thread)."""
+        """Use ``run`` from now on (uploads go through a background thread; artifacts wait in
+        ``<checkpoint dir>/<run id>/outbox/`` while the server is away)."""
         self.run = run
-        self.uploads = Uploader(run, warn=lambda m: self.echo(f"warning: {m}"))
+        run.warn = self.warn
+        run.outbox = self.folder / run.run_id / "outbox"
+        self.uploads = Uploader(run, warn=self.warn)
+
+    def warn(self, message: str) -> None:
+        self.echo(f"warning: {message}")
 
     @property
     def run_id(self) -> str:
@@ -82,16 +139,18 @@ class Job:
             "resolved": self.setup.resolved,
             "rng": ckpt.rng_state(),
             **self.trainer.state_dict(),
+            # metrics the server has not taken yet: a resumed job sends them
+            "pending": [[m.key, m.value, m.timestamp, m.step] for m in self.run.pending],
         }
 
     def clean_temp_files(self) -> None:
         """Remove temp files a killed job left beside the checkpoints (never a checkpoint)."""
-        for stale in (self.folder / self.run_id).glob(".*.pt.*.tmp"):
+        for stale in (self.folder / self.run_id).rglob(".*.tmp"):
             stale.unlink(missing_ok=True)
 
     def save_latest(self) -> Path:
         path = self.folder / self.run_id / ckpt.LATEST
-        ckpt.save(path, self.payload())
+        ckpt.save(path, self.payload(), keep_previous=True)
         return path
 
     def save_best(self, record: EpochRecord) -> Path:
@@ -115,23 +174,31 @@ class Job:
         return {T.CHECKPOINT_EPOCH: p.epoch, T.CHECKPOINT_STEP: p.step}
 
     def on_epoch_end(self, record: EpochRecord) -> None:
-        """Checkpoint locally, log the epoch's metrics and pictures in the foreground; upload
-        the checkpoints in the background (the next epoch does not wait for the network)."""
+        """Log the epoch's metrics and pictures, then checkpoint locally (a job killed between
+        the two redoes the epoch and skips what was logged), then upload the checkpoints in
+        the background (the next epoch does not wait for the network)."""
         start = time.perf_counter()
         run, uploads = self.run, self.uploads
         assert run is not None and uploads is not None
         uploads.wait()  # the files it reads are about to be replaced
+        run.log_metrics(record.metrics, step=record.epoch)
+        self.log_pictures(record)
+        fail_point("log-metrics")
+        overhead = time.perf_counter() - start
+        run.log_metrics({"overhead_seconds": overhead}, step=record.epoch)
         paths = [self.save_latest()]
         if record.improved:
             paths.append(self.save_best(record))
-        run.log_metrics(record.metrics, step=record.epoch)
-        self.log_pictures(record)
         uploads.submit(paths, self.checkpoint_tags())
-        seconds = time.perf_counter() - start
-        self.trainer.budget.checkpoint_seconds = seconds + uploads.seconds
-        run.log_metrics({"overhead_seconds": seconds}, step=record.epoch)
+        self.trainer.budget.checkpoint_seconds = time.perf_counter() - start + uploads.seconds
         run.alive()
-        self.echo(_epoch_line(record, self.cfg.epochs, seconds))
+        self.echo(_epoch_line(record, self.cfg.epochs, overhead))
+        if run.down_for() > self.cfg.tracking_timeout:
+            self.trainer.stop.request(self.server_gone())
+
+    def server_gone(self) -> str:
+        assert self.run is not None
+        return f"tracking server unreachable for {self.run.down_for():.0f} s"
 
     def log_pictures(self, record: EpochRecord) -> None:
         from recseg.evaluation.samples import encode_png, prediction_panel
@@ -150,6 +217,7 @@ class Job:
         """Checkpoint where the loop stands and mark the run as stopped."""
         assert self.run is not None and self.uploads is not None
         self.uploads.wait()
+        self.run.flush()
         self.uploads.submit([self.save_latest()], self.checkpoint_tags())
         self.uploads.close()
         p = self.trainer.progress
@@ -217,17 +285,20 @@ def train_run(cfg: TrainConfig, echo: Echo = print, stop: StopRequest | None = N
 
     ``stop`` is an installed :class:`StopRequest` (the command installs one before the heavy
     imports, so a signal that comes early is not lost); by default one is made here."""
-    existing = find_run(cfg, MlflowClient())
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    warn = lambda m: echo(f"warning: {m}")  # noqa: E731
+    existing = _find_run(cfg, warn)
     if existing is not None and already_done(existing, echo):
         return Outcome(EXIT_OK, existing.info.run_id)
-    setup = build_setup(cfg, warn=lambda m: echo(f"warning: {m}"))
+    setup = build_setup(cfg, warn=warn)
     own = stop is None
     stop = stop or StopRequest()
     trainer = _make_trainer(cfg, setup, stop)
     state = None
     if existing is not None:
         tag = int(existing.data.tags.get(T.CHECKPOINT_STEP, -1))
-        state = _newest_checkpoint(cfg, existing.info.run_id, tag)
+        state = _newest_checkpoint(cfg, existing.info.run_id, tag, warn)
         if state is not None:  # before the run is touched: a mismatch is the user's to fix
             trainer.load_state_dict(state)
     job = Job(cfg, setup, trainer, echo)
@@ -238,6 +309,23 @@ def train_run(cfg: TrainConfig, echo: Echo = print, stop: StopRequest | None = N
     finally:
         if own:
             stop.restore()
+
+
+def _find_run(cfg: TrainConfig, warn: Echo) -> Run | None:
+    """``find_run``; a job that resumes a run (a requeued grid job) waits up to
+    ``--tracking-timeout`` for a tracking server that does not answer; a new run does not."""
+    resuming = bool(cfg.run_id or os.environ.get("MLFLOW_RUN_ID"))
+    deadline = time.monotonic() + (cfg.tracking_timeout if resuming else 0.0)
+    for attempt in itertools.count():
+        try:
+            return find_run(cfg, MlflowClient())
+        except Exception as exc:
+            if not is_outage(exc) or time.monotonic() + RETRY_EVERY > deadline:
+                raise
+            if attempt == 0:
+                warn(f"tracking server unreachable; retrying for {cfg.tracking_timeout:.0f} s")
+            time.sleep(RETRY_EVERY)
+    return None
 
 
 def _run(job: Job, existing: Run | None, state: dict[str, Any] | None) -> int:
@@ -251,7 +339,9 @@ def _run(job: Job, existing: Run | None, state: dict[str, Any] | None) -> int:
         if not job.trainer.fit(job.on_epoch_end, job.on_stop):
             job.run.end("KILLED")
             return EXIT_REQUEUE
-        finish(job)
+        if not finish(job):  # the server stayed away: the checkpoint is here, requeue
+            job.on_stop(job.server_gone())
+            return EXIT_REQUEUE
         return EXIT_OK
     except BaseException as exc:
         if job.run is not None and mlflow.active_run() is not None:

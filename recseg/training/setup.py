@@ -42,7 +42,7 @@ def open_store(data: str) -> ClipStore:
     """The clip store at ``--data``; ``InputError`` when there is none."""
     root = Path(data)
     if not root.is_dir():
-        raise InputError(f"--data {data}: no such folder")
+        raise InputError(f"--data {data}: {'not a folder' if root.exists() else 'no such folder'}")
     if not (root / MANIFEST).is_file():
         raise InputError(
             f"--data {data}: not a clip store ({MANIFEST} missing); make one with "

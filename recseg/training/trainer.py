@@ -21,6 +21,7 @@ from tqdm import tqdm
 from recseg.data.loader import TemporalLoader
 from recseg.evaluation.evaluate import EvalResult, Samples, autocast, evaluate
 from recseg.evaluation.metrics import metrics_from_confusion
+from recseg.faults import fail_point
 from recseg.models.state import State, detach_state
 from recseg.training.config import LOWER_IS_BETTER
 from recseg.training.stopping import StopRequest, TimeBudget
@@ -178,6 +179,7 @@ class Trainer:
                 p.seconds += now - tick
                 tick = now
                 self.steps_taken += 1
+                fail_point("train-step")
                 bar.update(1)
                 bar.set_postfix(loss=f"{p.loss_sum / max(1, p.steps):.4f}", refresh=False)
                 if loader.step < len(loader) and self._should_stop():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from recseg.data.footage.programs import PROGRAMS
 from recseg.data.footage.render import VideoPlan, make_plan, render_frame
 from recseg.data.footage.scene import SensorNoise
 from recseg.data.footage.video import Mp4Writer, write_json, write_npz
+from recseg.data.paths import check_target, writing
 from recseg.errors import InputError
 
 MANIFEST = "footage.json"
@@ -127,12 +129,27 @@ def _manifest(cfg: FootageConfig, videos: list[dict], backgrounds: list[dict]) -
 def make_footage(cfg: FootageConfig, out_dir: str | Path) -> dict:
     """Write ``cfg.videos`` videos with truth, the backgrounds and footage.json into
     ``out_dir`` (other files there are left alone; files a previous run listed and this one
-    did not write are removed); returns a summary (counts and seconds taken)."""
+    did not write are removed); returns a summary (counts and seconds taken). A failure
+    removes the folders this call created; a full disk raises a ``WriteFailure`` naming
+    ``out_dir``."""
     check_footage_config(cfg)
     start = time.perf_counter()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"OUT_DIR: not a folder: {out}")
+    check_target("OUT_DIR", out)
+    created = [d for d in (*reversed(out.parents), out) if not d.exists()]
+    created += [out / sub for sub in ("videos", "truth", "backgrounds") if not (out / sub).exists()]
+    try:
+        with writing(out):
+            return _write_footage(cfg, out, start)
+    except BaseException:
+        for folder in created:  # outermost first: what this call made, whole
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _write_footage(cfg: FootageConfig, out: Path, start: float) -> dict:
     try:
         for sub in ("videos", "truth", "backgrounds"):
             (out / sub).mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ Every file is written under a temporary name in its own folder and moved into pl
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -133,7 +134,9 @@ class Mp4Writer:
         self.rgb = rgb
         self.odd = bool(shape[0] % 2 or shape[1] % 2)
         self.tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-        self.container = av.open(str(self.tmp), mode="w", format="mp4")
+        # the file is ours to close: PyAV leaves its own open when a write fails (disk full)
+        self.file = open(self.tmp, "wb")  # noqa: SIM115 - closed in close() / __exit__
+        self.container = av.open(self.file, mode="w", format="mp4")
         self.stream = self.container.add_stream(ODD_CODEC if self.odd else CODEC, rate=rate(fps))
         self.stream.height, self.stream.width = shape
         self.stream.pix_fmt = "yuv420p"
@@ -174,6 +177,7 @@ class Mp4Writer:
         """Flush the encoder, check the frame count and move the file into place."""
         self.container.mux(self.stream.encode(None))
         self.container.close()
+        self.file.close()
         found = count_frames(self.tmp)
         if found != self.frames:
             raise OSError(f"{self.path.name}: wrote {self.frames} frames but the mp4 has {found}")
@@ -189,8 +193,11 @@ class Mp4Writer:
             if kind is None:
                 self.close()
             else:
-                self.container.close()
+                with contextlib.suppress(Exception):  # the first error is the one to report
+                    self.container.close()
         finally:
+            with contextlib.suppress(OSError):
+                self.file.close()
             self.tmp.unlink(missing_ok=True)
 
 
