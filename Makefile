@@ -33,8 +33,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# two workers, a test file per worker at a time (module fixtures built once; the Grid Engine
+# tests stay in one process): the suite waits on servers, jobs and subprocesses a lot
+PYTEST_ARGS ?= -n 2 --dist loadfile
+
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/recseg footage demo/footage --videos 6 --seconds 6

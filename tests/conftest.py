@@ -89,6 +89,19 @@ def tally():
     return add
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands its counts to the controller (``pytest_testnodedown``)."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["recseg_counts"] = dict(_COUNTS)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    for name, n in getattr(node, "workeroutput", {}).get("recseg_counts", {}).items():
+        _COUNTS[name] = _COUNTS.get(name, 0) + n
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     if _COUNTS:
         terminalreporter.section("reliability counts")

@@ -87,7 +87,7 @@ def test_kill_storm_ends_like_an_uninterrupted_run(
 ) -> None:
     _, ref_hist, ref_weights = train_reference
     seed = int(os.environ.get("RECSEG_STORM_SEED", time.time_ns() % 10_000))
-    print(f"kill storm seed {seed} (RECSEG_STORM_SEED={seed} repeats it)")
+    tally(f"kill storm: runs with seed {seed} (RECSEG_STORM_SEED={seed} replays it)", 1)
     rng = random.Random(seed)
     run_id, kills, log = None, 0, []
     for point, harm in plan(rng):

@@ -180,7 +180,7 @@ def test_killed_preprocess_ends_identical(
 ) -> None:
     seed = int(os.environ.get("RECSEG_KILL_SEED") or time.time_ns() % 1_000_000)
     print(f"preprocess kill seed {seed} (replay: RECSEG_KILL_SEED={seed})")
-    tally(f"preprocess kill seed {seed}", 1)
+    tally(f"preprocess: runs with kill seed {seed} (RECSEG_KILL_SEED={seed} replays it)", 1)
     total = sum(1 for name in reference if name.startswith("clips/"))
     root = tmp_path / "store"
     reader = Reader(root)

@@ -50,7 +50,7 @@ def is_outage(exc: BaseException) -> bool:
     status = getattr(response, "status_code", None)
     if status is not None:
         return status >= 500 or status == 429
-    return isinstance(exc, Exception)
+    return isinstance(exc, OSError)  # requests' connection errors and timeouts among them
 
 
 def find_run(cfg: TrainConfig, client: MlflowClient) -> Run | None:
@@ -260,7 +260,11 @@ class TrainRun:
         runs --stale`` finds it; resuming continues it)."""
         if getattr(self, "_beating", None) is not None:
             self._beating.set()
-        if not self._call(mlflow.end_run, status=status):
+        try:  # always called: it also clears MLflow's active run (else its exit handler
+            mlflow.end_run(status=status)  # would mark the run FINISHED)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
             self.warn(f"could not mark run {self.run_id} {status}: tracking server unreachable")
 
 
