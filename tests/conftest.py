@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -44,6 +45,17 @@ def _no_experiment_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """``mlflow.set_experiment`` exports MLFLOW_EXPERIMENT_ID; an in-process run in one test
     must not pick the experiment of a later test's subprocess (``mlflow run`` refuses both)."""
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_global_tracking_uri(monkeypatch: pytest.MonkeyPatch):
+    """A test that calls ``mlflow.set_tracking_uri`` must not point later tests (in the same
+    worker, in whatever order) at its server: MLflow's global URI outranks the environment.
+    Runs before monkeypatch undoes its changes, so their MLFLOW_TRACKING_URI comes back."""
+    yield
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if utils is not None and utils._tracking_uri is not None:
+        utils.set_tracking_uri(None)
 
 
 @pytest.fixture(scope="session")

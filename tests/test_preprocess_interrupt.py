@@ -163,6 +163,14 @@ def kill_plan(rng: random.Random, total: int) -> list[tuple[str, Callable[[int],
     ]
 
 
+def mtime(path: Path) -> int | None:
+    """The file's modification time (ns); None once the run has deleted it."""
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
 def kill_when(proc: subprocess.Popen, root: Path, trigger: Trigger, limit: float = 60) -> bool:
     """SIGKILL ``proc`` once ``trigger`` holds; False when it finished first."""
     deadline = time.monotonic() + limit
@@ -225,9 +233,9 @@ def test_changed_video_is_never_listed_while_remade(footage: Path, tmp_path: Pat
     reader.start()
     try:
         proc = start(videos, root, tmp_path)
-        made = {p.name: p.stat().st_mtime_ns for p in clip_files(root)}
-        remade = lambda root: any(  # noqa: E731
-            made.get(p.name) != p.stat().st_mtime_ns for p in clip_files(root)
+        made = {p.name: mtime(p) for p in clip_files(root)}
+        remade = lambda root: any(  # noqa: E731  (deleted to be made again counts too)
+            made.get(p.name) != mtime(p) for p in clip_files(root)
         )
         assert kill_when(proc, root, remade), "the re-run finished before making a clip"
         tally("preprocess kills survived", 1)
