@@ -11,10 +11,11 @@ PIP_FLAGS ?= --progress-bar off --disable-pip-version-check
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install test lint format demo bench mlproject lock clean
+.PHONY: help install test lint format demo thesis bench mlproject lock clean
 
 help:
 	@echo "make demo       install, then demo footage -> clip store -> train 2 models -> evaluate -> promote -> segment"
+	@echo "make thesis     install, then the thesis's comparison (5 variants x 2 seeds, ~50 min on 2 cores) and its table"
 	@echo "make test       install, then lint (ruff) and run the test suite (pytest)"
 	@echo "make bench      install, then run the benchmark suite (table + benchmarks/results.json)"
 	@echo "make lint       ruff check + format check"
@@ -40,26 +41,13 @@ PYTEST_ARGS ?= -n 2 --dist loadfile
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# every step is a recseg command (shown as it runs); DEMO_ARGS=--quick runs the reduced demo
 demo: $(STAMP)
-	$(BIN)/recseg footage demo/footage --videos 6 --seconds 6
-	$(BIN)/recseg preprocess --videos demo/footage/videos --backgrounds demo/footage/backgrounds \
-	    --out demo/store --experiment demo
-	@echo "demo: clip store in demo/store (samples: demo/store/samples.png); run in ./mlflow.db"
-	$(BIN)/recseg models --details
-	$(BIN)/recseg describe --model Deep_mobile_gruV3 --size 270x512 --seq-len 4
-	for model in Deep+_mobile Deep_mobile_gruV3; do \
-	    $(BIN)/recseg train --data demo/store --model $$model --loss CrossDice --epochs 2 \
-	        --size 135x256 --batch-size 2 --checkpoint-dir demo/checkpoints --experiment demo \
-	        || exit $$?; \
-	done
-	$(BIN)/recseg runs --experiment demo
-	$(BIN)/recseg evaluate --data demo/store --experiment demo
-	$(BIN)/recseg promote --experiment demo
-	$(BIN)/recseg segment demo/footage/videos/person-05.mp4 -o demo/segmented.mp4 \
-	    --model models:/recseg-demo@champion \
-	    --background "$$(ls demo/footage/backgrounds/*.jpg | head -n 1)"
-	@echo "demo: done; demo/segmented.mp4 is a footage video composited by the champion model"
-	@echo "demo: see the runs with: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	$(BIN)/recseg demo $(DEMO_ARGS)
+
+# base vs GRU/LSTM at the decoder and output, 2 seeds each, on hard footage; prints the table
+thesis: $(STAMP)
+	$(BIN)/recseg thesis $(THESIS_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
@@ -78,4 +66,4 @@ lock: $(STAMP)
 	mv constraints.txt.tmp constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info demo
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info demo thesis test-artifacts

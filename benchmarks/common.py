@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from recseg.machine import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 # results.json key -> (comparison, target): the issue's targets for a 2-core CPU
 TARGETS: dict[str, tuple[str, float]] = {
@@ -68,17 +70,6 @@ def _cell(value: Any) -> str:
             else f"{value:.1f}"
         )
     return str(value)
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def cpu_flags() -> list[str]:

@@ -27,6 +27,9 @@ COMMANDS = {
     "export": "recseg.cli.export:export_cmd",
     "job": "recseg.cli.job:job_cmd",
     "sweep": "recseg.cli.sweep:sweep_cmd",
+    "report": "recseg.cli.report:report_cmd",
+    "demo": "recseg.cli.demo:demo_cmd",
+    "thesis": "recseg.cli.demo:thesis_cmd",
 }
 
 

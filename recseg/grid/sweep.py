@@ -182,7 +182,8 @@ def qsub_options(grid: Grid, name: str) -> list[str]:
 def parent_run(client: MlflowClient, grid: Grid, experiment: str, size: int) -> str:
     """The sweep's parent run: the one an earlier call made for the same grid, or a new one."""
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    ml = {T.EXPERIMENT_KIND: T.ML_EXPERIMENT}
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment, tags=ml)
     found = search_all(client, [exp_id], f"tags.`{T.SWEEP_KEY}` = '{grid.key}'")
     if found:
         return found[0].info.run_id

@@ -15,6 +15,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from recseg.errors import InputError
+from recseg.tracking import tags as T
 
 
 def quiet_mlflow() -> None:
@@ -24,6 +25,17 @@ def quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def use_experiment(name: str, client: MlflowClient | None = None) -> str:
+    """Make ``name`` the active experiment (created when missing) and return its id; a new
+    experiment is marked for the UI's model-training view (``mlflow.experimentKind``)."""
+    experiment = mlflow.set_experiment(name)
+    if T.EXPERIMENT_KIND not in experiment.tags:
+        (client or MlflowClient()).set_experiment_tag(
+            experiment.experiment_id, T.EXPERIMENT_KIND, T.ML_EXPERIMENT
+        )
+    return experiment.experiment_id
 
 
 @contextlib.contextmanager
@@ -37,7 +49,7 @@ def tracked_run(
     quiet_mlflow()
     inside_project = bool(os.environ.get("MLFLOW_RUN_ID"))
     if not inside_project:
-        mlflow.set_experiment(experiment)
+        use_experiment(experiment)
     with mlflow.start_run(run_name=None if inside_project else run_name) as run:
         if tags:
             mlflow.set_tags(tags)

@@ -18,3 +18,5 @@ SWEEP = "recseg.sweep"  # on a sweep's training runs: the id of the sweep's pare
 SWEEP_KEY = "recseg.sweep.key"  # on a sweep's parent run: a hash of what it sweeps over
 NEXT_JOB = "recseg.grid.next_job"  # the job a grid job resubmitted to continue the run
 RESTARTS = "recseg.grid.restarts"  # how many times the grid resubmitted the run's job
+EXPERIMENT_KIND = "mlflow.experimentKind"  # on experiments: the UI's view (ML or GenAI)
+ML_EXPERIMENT = "custom_model_development"  # the model-training view

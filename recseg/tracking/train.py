@@ -31,7 +31,7 @@ from recseg.data.store import atomic_write_bytes
 from recseg.errors import InputError
 from recseg.faults import fail_point
 from recseg.tracking import tags as T
-from recseg.tracking.runs import existing_run, log_new_params, quiet_mlflow
+from recseg.tracking.runs import existing_run, log_new_params, quiet_mlflow, use_experiment
 from recseg.training.config import TrainConfig, check_unchanged
 
 MAX_BATCH = 200  # MLflow accepts up to 1000 metrics per log_batch call; stay well below
@@ -120,7 +120,7 @@ class TrainRun:
         quiet_mlflow()
         client = MlflowClient()
         if existing is None:
-            mlflow.set_experiment(cfg.experiment_name)
+            use_experiment(cfg.experiment_name, client)
             run = mlflow.start_run(
                 run_name=f"{cfg.model}-{cfg.loss}", log_system_metrics=cfg.system_metrics
             )
