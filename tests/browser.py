@@ -49,7 +49,9 @@ def artifacts_dir() -> Path:
 def browser_page(artifacts: Path | None = None) -> Iterator[Page]:
     """A page of a headless Chromium with a fresh, temporary profile. On an error it saves
     ``failure.png``; the page's console messages and errors land in ``console.log``."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=TIMEOUT_MS)  # its own default (5 s) is too short here
 
     folder = artifacts or artifacts_dir()
     log: list[str] = []

@@ -118,11 +118,13 @@ def check_curves(page: Page, base: str, runs: Sequence[ShownRun]) -> None:
     0..N-1, and each run's latest value at its last step."""
     metric_row(page, CURVE, len(runs))
     page.locator('a[title="Plot chart"]', has_text=re.compile(f"^{CURVE}$")).click()
-    expect(page.locator(".js-plotly-plot")).to_be_visible()
-    lines = page.locator(".js-plotly-plot .scatterlayer path.js-line")  # (a flat one: 0 px high)
+    # the line chart (the compare view's parallel-coordinates one is a Plotly chart too)
+    chart = page.locator(".js-plotly-plot").filter(has=page.locator(".scatterlayer"))
+    expect(chart).to_be_visible()
+    lines = chart.locator(".scatterlayer path.js-line")  # (a flat one: 0 px high)
     expect(lines.nth(len(runs) - 1)).to_be_attached()
     assert all("L" in (line.get_attribute("d") or "") for line in lines.all())  # >= 2 steps each
-    expect(page.locator(".js-plotly-plot .xtitle")).to_have_text("Step")  # x axis: epochs
+    expect(chart.locator(".xtitle")).to_have_text("Step")  # x axis: epochs
     client = MlflowClient(base)
     for run in runs:
         expect(page.get_by_text(f"{run.name} ({CURVE})", exact=True)).to_be_visible()  # legend

@@ -44,11 +44,11 @@ class DemoConfig:
         metadata=option("Models to train and compare, comma separated.", check=_models),
     )
     epochs: int = dataclasses.field(
-        default=0, metadata=option("Epochs per model; 0: 6 (1 with --quick).", check=at_least(0))
+        default=0, metadata=option("Epochs per model; 0: 6 (2 with --quick).", check=at_least(0))
     )
     quick: bool = dataclasses.field(
         default=False,
-        metadata=option("A reduced demo (3 short videos, tiny frames, 1 epoch): a smoke test."),
+        metadata=option("A reduced demo (3 short videos, tiny frames, 2 epochs): a smoke test."),
     )
 
 
@@ -79,11 +79,11 @@ class ThesisConfig:
         default=2, metadata=option("Seeds per variant (0, 1, ...).", check=at_least(1))
     )
     epochs: int = dataclasses.field(
-        default=0, metadata=option("Epochs per run; 0: 8 (1 with --quick).", check=at_least(0))
+        default=0, metadata=option("Epochs per run; 0: 8 (2 with --quick).", check=at_least(0))
     )
     quick: bool = dataclasses.field(
         default=False,
-        metadata=option("A reduced comparison (3 short videos, tiny frames, 1 epoch)."),
+        metadata=option("A reduced comparison (3 short videos, tiny frames, 2 epochs)."),
     )
 
 
@@ -95,8 +95,8 @@ def demo_cmd(**values: object) -> None:
     test video onto a new background with it.
 
     Every step is a recseg command, shown as it runs. Ends with the paths of the outputs and
-    the command that opens the runs' compare view in the MLflow UI. About 12 minutes on 2 CPU
-    cores; --quick runs a reduced version in about 2.
+    the command that opens the runs' compare view in the MLflow UI. About 5 minutes on 2 CPU
+    cores; --quick runs a reduced version in about one.
     """
     cfg = build(DemoConfig, values)
     from recseg.workflows import demo, plan

@@ -29,8 +29,9 @@ LOSS = "CrossDice"
 FAST = ("--schedule", "onecycle", "--lr", "0.002")
 FULL = plan.Scale(videos=6, seconds=6, footage_size="144x256", size="72x128", clip_seconds=4,
                   epochs=6, batch_size=2, seq_len=4, num_workers=1, train_options=FAST)  # fmt: skip
+# quick: 2 epochs, so that the UI shows per-epoch curves
 QUICK = plan.Scale(videos=3, seconds=2, footage_size="144x256", size="72x128", clip_seconds=1,
-                   epochs=1, batch_size=2, seq_len=2, num_workers=0,
+                   epochs=2, batch_size=2, seq_len=2, num_workers=0,
                    train_options=FAST)  # fmt: skip
 
 
@@ -97,6 +98,13 @@ def _champion(client: MlflowClient, name: str) -> str:
     return f"{run.info.run_name} (version {version.version})"
 
 
+def _scores(run) -> str:
+    """A run's test scores as the closing lists them."""
+    metric = run.data.metrics
+    names = (("test_miou", "test mIoU"), ("test_fg_iou", "fg IoU"), ("test_flicker", "flicker"))
+    return ", ".join(f"{label} {metric.get(key, float('nan')):.3f}" for key, label in names)
+
+
 def _closing(p: DemoPlan, exp_id: str, runs: list, seconds: float, echo: Echo) -> None:
     client = MlflowClient()
     uri = mlflow.get_tracking_uri()
@@ -109,9 +117,7 @@ def _closing(p: DemoPlan, exp_id: str, runs: list, seconds: float, echo: Echo) -
     echo(f"  segmented video  {p.segmented} (masks: {p.masks})")
     echo(f"  tracking         {redact_uri(uri)}, experiment {p.experiment!r}")
     for run in runs:
-        metric = run.data.metrics
-        echo(f"  run              {run.info.run_name} {run.info.run_id} "
-             f"(val fg IoU {metric.get('val_fg_iou', float('nan')):.3f})")  # fmt: skip
+        echo(f"  run              {run.info.run_name} {run.info.run_id} ({_scores(run)})")
     champion = f"models:/{p.registered}@champion = {_champion(client, p.registered)}"
     echo(f"  champion         {champion}")
     command = ui_command(uri)
