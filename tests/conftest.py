@@ -48,14 +48,29 @@ def _no_experiment_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _no_global_tracking_uri(monkeypatch: pytest.MonkeyPatch):
+def _tracking_uri_restored(monkeypatch: pytest.MonkeyPatch):
     """A test that calls ``mlflow.set_tracking_uri`` must not point later tests (in the same
     worker, in whatever order) at its server: MLflow's global URI outranks the environment.
-    Runs before monkeypatch undoes its changes, so their MLFLOW_TRACKING_URI comes back."""
+    After each test, the global URI and MLFLOW_TRACKING_URI (which ``set_tracking_uri`` sets
+    and clears) are put back as they were before it, so a module fixture's URI stays. Runs
+    before monkeypatch undoes the test's own changes."""
+    before = _global_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
     yield
-    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
-    if utils is not None and utils._tracking_uri is not None:
-        utils.set_tracking_uri(None)
+    utils = sys.modules.get(TRACKING_UTILS)
+    if utils is not None:
+        utils._tracking_uri = before[0]
+    if before[1] is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before[1]
+
+
+TRACKING_UTILS = "mlflow.tracking._tracking_service.utils"
+
+
+def _global_tracking_uri() -> str | None:
+    utils = sys.modules.get(TRACKING_UTILS)
+    return None if utils is None else utils._tracking_uri
 
 
 @pytest.fixture(scope="session")

@@ -72,17 +72,27 @@ def qsub(script: str, variables: dict[str, str], *options: str, cwd: Path) -> st
     return done.stdout.strip()
 
 
-def queued(names: set[str]) -> list[tuple[str, str, str]]:
-    """``(id, name, state)`` of the jobs in the system whose name is in ``names``."""
+def queued(names: set[str] | None = None) -> list[tuple[str, str, str]]:
+    """``(id, name, state)`` of the jobs in the system whose name is in ``names`` (all: None)."""
     out = subprocess.run(
         ["qstat", "-u", "*", "-xml"], capture_output=True, text=True, timeout=60
     ).stdout
     jobs = []
     for job in ET.fromstring(out).iter("job_list"):
         name = job.findtext("JB_name") or ""
-        if name in names:
+        if names is None or name in names:
             jobs.append((job.findtext("JB_job_number") or "", name, job.findtext("state") or ""))
     return jobs
+
+
+def delete_leftover_jobs() -> None:
+    """Delete the test jobs (``t-…``) an interrupted earlier session left in the queue: their
+    folders are gone, and their names would be taken for this session's jobs."""
+    deadline = time.monotonic() + 60
+    while leftovers := [job for job, name, _ in queued() if name.startswith("t-")]:
+        assert time.monotonic() < deadline, f"cannot delete leftover jobs {leftovers}"
+        subprocess.run(["qdel", "-f", *leftovers], capture_output=True, timeout=60)
+        time.sleep(1)
 
 
 def wait_until_gone(names: set[str], timeout: float) -> None:

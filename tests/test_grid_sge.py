@@ -31,6 +31,7 @@ SOFT_LIMIT = "s_rt=0:0:15,h_rt=0:2:0"
 @pytest.fixture(scope="module")
 def grid_engine():
     started = sge.ensure_grid_engine()
+    sge.delete_leftover_jobs()
     yield
     if started:
         sge.stop_grid_engine()
