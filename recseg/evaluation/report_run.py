@@ -3,7 +3,6 @@ figures, printed, written to a folder when asked, and logged to a summary run.""
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +20,7 @@ from recseg.machine import made_on
 from recseg.tracking import evaluate as te
 from recseg.tracking import tags as T
 from recseg.tracking.listing import experiment_names
-from recseg.tracking.runs import log_new_params, quiet_mlflow, tracked_run
+from recseg.tracking.runs import log_files, log_new_params, quiet_mlflow, tracked_run
 
 if TYPE_CHECKING:
     from recseg.cli.report import ReportConfig
@@ -41,17 +40,17 @@ def _records(client: MlflowClient, experiment: str) -> list[RunRecord]:
     return records
 
 
-def report_files(records: list[RunRecord], title: str) -> tuple[str, dict[str, bytes]]:
+def table_files(records: list[RunRecord], rows: list[dict]) -> dict[str, bytes]:
+    """The files of every summary of evaluated runs: the table, the per-run CSV, the figures."""
+    return {"summary.csv": to_csv(rows), "runs.csv": per_run_csv(records), **figures(records)}
+
+
+def report_files(
+    records: list[RunRecord], rows: list[dict], title: str
+) -> tuple[str, dict[str, bytes]]:
     """The markdown text and every file of the report (name -> bytes)."""
-    rows = summary_table(records)
     text = report_markdown(rows, records, title, footer=made_on())
-    files = {
-        "report.md": text.encode("utf-8"),
-        "summary.csv": to_csv(rows),
-        "runs.csv": per_run_csv(records),
-        **figures(records),
-    }
-    return text, files
+    return text, {"report.md": text.encode("utf-8"), **table_files(records, rows)}
 
 
 def _write(folder: Path, files: dict[str, bytes]) -> None:
@@ -65,16 +64,15 @@ def run_report(cfg: ReportConfig, echo: Echo = print) -> int:
     quiet_mlflow()
     records = _records(MlflowClient(), cfg.experiment)
     title = cfg.title or f"recseg report: {cfg.experiment}"
-    text, files = report_files(records, title)
+    rows = summary_table(records)
+    text, files = report_files(records, rows, title)
     if cfg.out:
         _write(Path(cfg.out), files)
-    wins = sum(v.beyond_spread for v in verdicts(summary_table(records), records))
+    wins = sum(v.beyond_spread for v in verdicts(rows, records))
     with tracked_run(cfg.experiment, run_name="report", tags={T.KIND: "report"}) as active:
         log_new_params(as_params(cfg))
         mlflow.set_tag(NOTE_TAG, text)
-        with tempfile.TemporaryDirectory(prefix="recseg-report-") as tmp:
-            _write(Path(tmp), files)
-            mlflow.log_artifacts(tmp, "report")
+        log_files(files, "report")
         mlflow.log_metrics({"runs_reported": len(records), "flicker_wins": wins})
         echo(text.rstrip("\n"))
         where = f" and {cfg.out}" if cfg.out else ""

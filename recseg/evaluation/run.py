@@ -6,9 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
@@ -17,19 +15,19 @@ from mlflow.entities import Run
 from recseg.config import as_params
 from recseg.data.store import ClipStore
 from recseg.evaluation.config import DEFAULT_EXPERIMENT, EvaluateConfig
-from recseg.evaluation.figures import figures
 from recseg.evaluation.model_eval import (
     ModelEvaluation,
     check_splits,
     evaluate_model,
     split_prefix,
 )
-from recseg.evaluation.report import per_run_csv, summary_table, to_csv, to_html
+from recseg.evaluation.report import summary_table, to_html
+from recseg.evaluation.report_run import table_files
 from recseg.tracking import evaluate as te
 from recseg.tracking import tags as T
 from recseg.tracking.model_uri import load_network
 from recseg.tracking.preprocess import store_dataset
-from recseg.tracking.runs import log_new_params, quiet_mlflow, tracked_run
+from recseg.tracking.runs import log_files, log_new_params, quiet_mlflow, tracked_run
 from recseg.training.config import parse_param
 from recseg.training.finish import MODEL_LOGGED
 from recseg.training.setup import open_store, pick_device
@@ -106,16 +104,7 @@ def _summary(client: MlflowClient, cfg: EvaluateConfig, exp_id: str | None, own:
         return
     rows = summary_table(records)
     title = f"recseg evaluation: {cfg.experiment or cfg.run_id or cfg.model_uri}"
-    files = {
-        "summary.csv": to_csv(rows),
-        "runs.csv": per_run_csv(records),
-        "summary.html": to_html(rows, title),
-        **figures(records),
-    }
-    with tempfile.TemporaryDirectory(prefix="recseg-summary-") as tmp:
-        for name, data in files.items():
-            Path(tmp, name).write_bytes(data)
-        mlflow.log_artifacts(tmp, "summary")
+    log_files({"summary.html": to_html(rows, title), **table_files(records, rows)}, "summary")
     mlflow.log_metric("runs_summarised", len(records))
 
 

@@ -6,8 +6,10 @@ import contextlib
 import logging
 import os
 import re
+import tempfile
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
@@ -36,6 +38,14 @@ def use_experiment(name: str, client: MlflowClient | None = None) -> str:
             experiment.experiment_id, T.EXPERIMENT_KIND, T.ML_EXPERIMENT
         )
     return experiment.experiment_id
+
+
+def log_files(files: dict[str, bytes], artifact_path: str) -> None:
+    """Log ``files`` (name -> bytes) as artifacts of the active run, under ``artifact_path``."""
+    with tempfile.TemporaryDirectory(prefix="recseg-files-") as tmp:
+        for name, data in files.items():
+            Path(tmp, name).write_bytes(data)
+        mlflow.log_artifacts(tmp, artifact_path)
 
 
 @contextlib.contextmanager

@@ -3,8 +3,9 @@
 MLflow's UI is a single-page app whose routes follow ``#``: ``#/experiments/<id>`` and
 ``#/compare-runs?runs=[...]&experiments=[...]`` (JSON lists, as the UI itself builds them).
 ``workflowType=machine_learning`` opens the machine-learning view (runs, params, metric charts)
-rather than the GenAI one; recseg also tags its experiments as model-training ones
-(``use_experiment`` in :mod:`recseg.tracking.runs`), which MLflow's own kind selector reads.
+rather than the GenAI one. recseg also tags its experiments as model-training ones
+(``use_experiment`` in :mod:`recseg.tracking.runs`), but MLflow 3.17's UI does not read that
+tag to pick the view, so the addresses carry the parameter.
 """
 
 from __future__ import annotations
