@@ -113,11 +113,27 @@ def row(scope: Locator, label: str) -> Locator:
     return scope.locator("tr").filter(has=head).locator("td")
 
 
+def open_chart(page: Page, key: str, columns: int, attempts: int = 3) -> None:
+    """Click metric ``key``'s chart link in the compare view until its chart page opens. The
+    link sits in a virtualised grid that re-renders as it scrolls: on a loaded machine a click
+    can land while the rows move and open nothing, so it is brought into view and clicked
+    again (a user clicks again too)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    link = page.locator('a[title="Plot chart"]', has_text=re.compile(f"^{re.escape(key)}$"))
+    for _ in range(attempts):
+        metric_row(page, key, columns)
+        link.click()
+        with contextlib.suppress(PlaywrightTimeout):
+            page.wait_for_url(re.compile(r"#/metric\?"), timeout=15_000)
+            return
+    raise AssertionError(f"{attempts} clicks on the {key} chart link did not open its chart")
+
+
 def check_curves(page: Page, base: str, runs: Sequence[ShownRun]) -> None:
     """From the compare view, the chart of a per-epoch metric: one curve per run, over steps
     0..N-1, and each run's latest value at its last step."""
-    metric_row(page, CURVE, len(runs))
-    page.locator('a[title="Plot chart"]', has_text=re.compile(f"^{CURVE}$")).click()
+    open_chart(page, CURVE, len(runs))
     # the line chart (the compare view's parallel-coordinates one is a Plotly chart too)
     chart = page.locator(".js-plotly-plot").filter(has=page.locator(".scatterlayer"))
     expect(chart).to_be_visible()

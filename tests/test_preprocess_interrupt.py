@@ -104,6 +104,7 @@ class Reader(threading.Thread):
         self.stop = threading.Event()
         self.seen: set[tuple[str, int, int]] = set()
         self.manifests = 0
+        self.vanished = 0
         self.errors: list[str] = []
 
     def run(self) -> None:
@@ -116,11 +117,14 @@ class Reader(threading.Thread):
 
     def poll(self) -> None:
         for path in clip_files(self.root):
-            st = path.stat()
-            key = (path.name, st.st_ino, st.st_mtime_ns)
-            if key not in self.seen:
-                self.check_clip(path)
-                self.seen.add(key)
+            try:
+                st = path.stat()
+                key = (path.name, st.st_ino, st.st_mtime_ns)
+                if key not in self.seen:
+                    self.check_clip(path)
+                    self.seen.add(key)
+            except FileNotFoundError:  # listed, then deleted by a re-run remaking its video's
+                self.vanished += 1  # clips: gone is fine, half-written is what is checked
         manifest = self.root / MANIFEST
         if manifest.is_file():
             data = json.loads(manifest.read_text())
