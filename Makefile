@@ -35,8 +35,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # two workers, a test file per worker at a time (module fixtures built once; the Grid Engine
-# tests stay in one process): the suite waits on servers, jobs and subprocesses a lot
-PYTEST_ARGS ?= -n 2 --dist loadfile
+# tests stay in one process), the longest files first (tests/conftest.py orders them)
+PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
