@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
@@ -18,7 +16,7 @@ from recseg.evaluation.report import RunRecord, variant_label
 from recseg.models.registry import model_spec
 from recseg.tracking import tags as T
 from recseg.tracking.listing import TRAIN_FILTER, experiment_names, search_all
-from recseg.tracking.runs import existing_run
+from recseg.tracking.runs import existing_run, log_files
 from recseg.training.config import JOB_OPTIONS
 from recseg.training.finish import MODEL_LOGGED
 
@@ -78,13 +76,7 @@ def log_evaluation(
     for i in range(0, len(items), MAX_BATCH):
         client.log_batch(run_id, metrics=items[i : i + MAX_BATCH])
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-    with tempfile.TemporaryDirectory(prefix="recseg-eval-") as tmp:
-        for name, data in artifacts.items():
-            path = Path(tmp) / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-        if artifacts:
-            client.log_artifacts(run_id, tmp)
+    log_files(artifacts, client=client, run_id=run_id)
 
 
 def eval_tags(info: dict[str, Any], store_digest: str) -> dict[str, Any]:

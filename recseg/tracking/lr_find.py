@@ -17,10 +17,8 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -35,7 +33,7 @@ from recseg.models.registry import model_spec
 from recseg.tracking import tags as T
 from recseg.tracking.plots import DPI, FIGSIZE, MARGINS
 from recseg.tracking.preprocess import store_dataset
-from recseg.tracking.runs import log_new_params, quiet_mlflow, tracked_run
+from recseg.tracking.runs import log_files, log_new_params, quiet_mlflow, tracked_run
 from recseg.training.lr_find import (
     LrCurve,
     LrFindConfig,
@@ -161,14 +159,6 @@ def results_json(sweeps: list[Sweep]) -> dict[str, Any]:
 
 
 # ---- logging ----------------------------------------------------------------------------------
-def log_bytes(client: MlflowClient, run_id: str, data: bytes, name: str) -> None:
-    """``data`` as the run's artifact ``name`` (top level)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
-        path.write_bytes(data)
-        client.log_artifact(run_id, str(path))
-
-
 def _finite(metrics: dict[str, float | None]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
 
@@ -192,8 +182,9 @@ def log_curve(client: MlflowClient, run_id: str, curve: LrCurve, title: str) -> 
     for i in range(0, len(metrics), MAX_BATCH):
         client.log_batch(run_id, metrics=metrics[i : i + MAX_BATCH])
     client.set_tag(run_id, "lr_find.stopped_early", str(curve.stopped_early))
-    log_bytes(client, run_id, curve_plot(curve, title), "lr_find.png")
-    log_bytes(client, run_id, json.dumps(curve.to_dict()).encode(), "lr_find.json")
+    files = {"lr_find.png": curve_plot(curve, title),
+             "lr_find.json": json.dumps(curve.to_dict()).encode()}  # fmt: skip
+    log_files(files, client=client, run_id=run_id)
 
 
 def log_summary(client: MlflowClient, run_id: str, sweeps: list[Sweep], title: str) -> None:
@@ -208,9 +199,10 @@ def log_summary(client: MlflowClient, run_id: str, sweeps: list[Sweep], title: s
     items = [Metric(k, v, now, 0) for k, v in _finite(metrics).items()]
     for i in range(0, len(items), MAX_BATCH):
         client.log_batch(run_id, metrics=items[i : i + MAX_BATCH])
+    files = {"results.json": json.dumps(results_json(sweeps)).encode()}
     if len(sweeps) > 1 or sweeps[0].run_id != run_id:
-        log_bytes(client, run_id, combined_plot(sweeps, title), "lr_find.png")
-    log_bytes(client, run_id, json.dumps(results_json(sweeps)).encode(), "results.json")
+        files["lr_find.png"] = combined_plot(sweeps, title)
+    log_files(files, client=client, run_id=run_id)
 
 
 def _sweep_params(cfg: LrFindConfig, wd: float, resolved: dict[str, str]) -> dict[str, str]:

@@ -40,12 +40,25 @@ def use_experiment(name: str, client: MlflowClient | None = None) -> str:
     return experiment.experiment_id
 
 
-def log_files(files: dict[str, bytes], artifact_path: str) -> None:
-    """Log ``files`` (name -> bytes) as artifacts of the active run, under ``artifact_path``."""
+def log_files(
+    files: dict[str, bytes],
+    artifact_path: str | None = None,
+    client: MlflowClient | None = None,
+    run_id: str | None = None,
+) -> None:
+    """Log ``files`` (relative name -> bytes) as artifacts under ``artifact_path``: of the
+    active run, or of ``run_id`` through ``client``. Nothing is logged for no files."""
+    if not files:
+        return
     with tempfile.TemporaryDirectory(prefix="recseg-files-") as tmp:
         for name, data in files.items():
-            Path(tmp, name).write_bytes(data)
-        mlflow.log_artifacts(tmp, artifact_path)
+            path = Path(tmp, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        if client is None:
+            mlflow.log_artifacts(tmp, artifact_path)
+        else:
+            client.log_artifacts(run_id, tmp, artifact_path)
 
 
 @contextlib.contextmanager
