@@ -117,3 +117,37 @@ def test_another_machine_resumes_from_the_artifact(
     same_history(ref_hist, hist)
     final = weights(second, run.info.run_id)
     assert all(torch.equal(final[k], v) for k, v in ref_weights.items())
+
+
+def _logged_weights(uri: str, run) -> dict[str, torch.Tensor]:
+    import mlflow
+
+    from recseg.tracking.model_uri import load_network
+
+    mlflow.set_tracking_uri(uri)
+    net = load_network(run.data.tags["recseg.model_uri"]).model
+    return {k: v.detach() for k, v in net.state_dict().items()}
+
+
+@pytest.mark.parametrize("extra", [(), ("--schedule", "onecycle")], ids=["cyclic", "onecycle"])
+def test_final_weights_rule_picks_the_logged_model(
+    store: Path, tmp_path: Path, mlflow_server: str, reference, extra: tuple[str, ...]
+) -> None:
+    """auto: best (by --best-metric) for the cyclic schedule, the last weights for onecycle
+    (annealed to ~0); the param and a tag say which rule made the model."""
+    if extra:
+        result = train(store, tmp_path, mlflow_server, "final", *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        cwd, experiment = tmp_path, "final"
+    else:
+        cwd, experiment = reference[0], "reference"
+    _, run = only_run(mlflow_server, experiment)
+    rule = "last" if extra else "best"
+    assert run.data.params["final_weights"] == "auto"
+    assert run.data.params["resolved_final_weights"] == rule
+    assert run.data.tags["recseg.final_weights"].startswith(f"{rule}: epoch ")
+    folder = cwd / "checkpoints" / run.info.run_id
+    expected = ckpt.load(folder / (ckpt.LATEST if extra else ckpt.BEST))["model"]
+    logged = _logged_weights(mlflow_server, run)
+    assert set(logged) == set(expected)
+    assert all(torch.equal(logged[k], v) for k, v in expected.items())

@@ -38,6 +38,11 @@ BEST_METRICS = (
     "val_flicker",
 )
 LOWER_IS_BETTER = ("val_loss", "val_flicker")
+# Which weights become the run's model: "best" (by --best-metric), "last" (after the final
+# epoch), or "auto": last for schedules that anneal the learning rate to ~0 (onecycle, poly),
+# whose final weights are the settled ones, best for cyclic and constant schedules.
+FINAL_WEIGHTS = ("auto", "best", "last")
+ANNEALED_SCHEDULES = ("onecycle", "poly")
 # Options of the job rather than the run: not compared (nor re-logged) when a run resumes.
 DEFAULT_EXPERIMENT = "train"
 JOB_OPTIONS = (
@@ -213,6 +218,14 @@ class TrainConfig:
         default="val_fg_iou",
         metadata=option("Val metric that picks the best checkpoint.", check=one_of(*BEST_METRICS)),
     )
+    final_weights: str = dataclasses.field(
+        default="auto",
+        metadata=option(
+            "Weights logged as the run's model: best (by --best-metric), last (after the final "
+            "epoch), or auto: last for onecycle/poly schedules (annealed to ~0), else best.",
+            check=one_of(*FINAL_WEIGHTS),
+        ),
+    )
     size: str = size_field()
     seed: int = seed_field()
     output_stride: int = output_stride_field()
@@ -271,6 +284,13 @@ class TrainConfig:
     def experiment_name(self) -> str:
         """The experiment of a new run."""
         return self.experiment or DEFAULT_EXPERIMENT
+
+    @property
+    def resolved_final_weights(self) -> str:
+        """``final_weights`` with ``auto`` resolved for this run's schedule."""
+        if self.final_weights != "auto":
+            return self.final_weights
+        return "last" if self.schedule in ANNEALED_SCHEDULES else "best"
 
     @property
     def frame_size(self) -> tuple[int, int] | None:

@@ -142,17 +142,20 @@ def finish(job: Job) -> bool:
     if not run.wait_until_up(job.cfg.tracking_timeout - run.down_for()):
         return False
     uploads.drain()
+    model, p = job.setup.model, job.trainer.progress
     best = job.folder / run.run_id / ckpt.BEST
-    model = job.setup.model
-    if best.exists():
+    rule = job.cfg.resolved_final_weights
+    if rule == "best" and best.exists():
         model.load_state_dict(ckpt.load(best)["model"])
     model.eval()
     info = log_clip_model(model, job.cfg.model, size=job.setup.train_loader.size)
     fail_point("log-model")
-    p = job.trainer.progress
     summary = f"best {job.cfg.best_metric} {p.best_value} at epoch {p.best_epoch}"
-    run.set_tags({MODEL_LOGGED: info.model_uri, T.STOPPED: "", "best": summary})
+    chosen = f"epoch {p.best_epoch}" if rule == "best" else f"epoch {p.epoch - 1} (last)"
+    tags = {MODEL_LOGGED: info.model_uri, T.STOPPED: "", "best": summary,
+            T.FINAL_WEIGHTS: f"{rule}: {chosen}"}  # fmt: skip
+    run.set_tags(tags)
     run.alive(**job.checkpoint_tags())
     run.end("FINISHED")
-    job.echo(f"finished run {run.run_id}: {summary}; model {info.model_uri}")
+    job.echo(f"finished run {run.run_id}: {summary}; model {info.model_uri} ({rule} weights)")
     return True

@@ -133,6 +133,7 @@ def build_setup(cfg: TrainConfig, warn: Callable[[str], None] = print) -> Setup:
         "steps_per_epoch": steps_per_epoch[0],
         "total_steps": total,
         "cycle_steps": cycle,
+        "resolved_final_weights": cfg.resolved_final_weights,
         "params_total": count_parameters(model),
         "params_trainable": count_parameters(model, trainable_only=True),
         "readable_name": readable_name(model.spec),
