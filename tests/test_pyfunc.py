@@ -25,6 +25,7 @@ from recseg.models import RecurrentDeepLab, build_model
 from recseg.tracking import pyfunc
 from recseg.tracking.pyfunc import ClipSegmenter, clip_signature, log_clip_model
 from tests.conftest import randomize_norms
+from tests.tolerance import probs_atol
 
 MODEL = "Deep_mobile_gruV3"
 CUDA = torch.cuda.is_available()
@@ -79,14 +80,26 @@ def _clip(t: int, h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((t, 3, h, w), dtype=np.float32)
 
 
-def _reference(model: RecurrentDeepLab, clip: np.ndarray) -> np.ndarray:
-    """Foreground probability of the network run one frame at a time, state carried."""
+def _reference_logits(model: RecurrentDeepLab, clip: np.ndarray) -> torch.Tensor:
+    """Logits of the network run one frame at a time, state carried: (T, 2, H, W)."""
     out, state = [], None
     with torch.inference_mode():
         for frame in torch.from_numpy(clip):
             logits, state = model(frame[None], state)
-            out.append(torch.softmax(logits, dim=1)[0, 1])
-    return torch.stack(out).numpy()
+            out.append(logits[0])
+    return torch.stack(out)
+
+
+def _reference(model: RecurrentDeepLab, clip: np.ndarray) -> np.ndarray:
+    """Foreground probability of the network run one frame at a time, state carried."""
+    return torch.softmax(_reference_logits(model, clip), dim=1)[:, 1].numpy()
+
+
+def _assert_matches(probs: np.ndarray, model: RecurrentDeepLab, clip: np.ndarray) -> None:
+    """``probs`` equal the frame-by-frame reference within float32 rounding of its logits."""
+    logits = _reference_logits(model, clip)
+    expected = torch.softmax(logits, dim=1)[:, 1].numpy()
+    np.testing.assert_allclose(probs, expected, atol=probs_atol(logits), rtol=0)
 
 
 def test_logged_model_matches_the_network_frame_by_frame(logged: tuple) -> None:
@@ -100,17 +113,17 @@ def test_logged_model_matches_the_network_frame_by_frame(logged: tuple) -> None:
     assert probs.shape == (5, 40, 56) and probs.dtype == np.float32
     expected = _reference(model, clip)
     assert expected.std() > 1e-3  # non-trivial output, so the comparison means something
-    np.testing.assert_allclose(probs, expected, atol=1e-5, rtol=0)
+    _assert_matches(probs, model, clip)
 
 
 def test_runs_uri_loads_and_any_length_size_and_chunking_agree(logged: tuple) -> None:
     model, _, run_id = logged
     loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     clip = _clip(2, 64, 80, seed=1)
-    np.testing.assert_allclose(loaded.predict(clip), _reference(model, clip), atol=1e-5, rtol=0)
+    _assert_matches(loaded.predict(clip), model, clip)
     loaded.unwrap_python_model().chunk_frames = 3  # 7 frames: 3 chunks, state carried over
     clip = _clip(7, 40, 56, seed=2)
-    np.testing.assert_allclose(loaded.predict(clip), _reference(model, clip), atol=1e-5, rtol=0)
+    _assert_matches(loaded.predict(clip), model, clip)
 
 
 def test_signature_flavors_and_stored_files(logged: tuple, local_copy: Path) -> None:
@@ -139,7 +152,7 @@ def test_non_recurrent_model_registered(experiment: str) -> None:
     model, _, _ = _log("Deep+_mobile", experiment, seed=2, registered=registered)
     clip = _clip(3, 48, 40, seed=3)
     probs = mlflow.pyfunc.load_model(f"models:/{registered}/1").predict(clip)
-    np.testing.assert_allclose(probs, _reference(model, clip), atol=1e-5, rtol=0)
+    _assert_matches(probs, model, clip)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a GPU")

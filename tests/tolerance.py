@@ -1,0 +1,27 @@
+"""Tolerances derived from dtype and magnitude, as ``torch.testing`` derives its defaults.
+
+Two computations of the same network output in a different batch layout (one clip
+versus frame-by-frame chunks, eager versus exported) round differently at every
+layer. The difference grows with the output's magnitude and the depth of the
+network, not with the test: so the tolerance is ``depth * eps(dtype) * magnitude``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+#: Rounding steps that accumulate through a DeepLabV3+ forward (convs, norms, upsampling).
+NETWORK_DEPTH = 64
+
+
+def logits_atol(logits: torch.Tensor | np.ndarray, depth: int = NETWORK_DEPTH) -> float:
+    """Absolute tolerance for logits of this dtype and magnitude after ``depth`` rounding steps."""
+    t = torch.as_tensor(logits)
+    eps = torch.finfo(t.dtype).eps
+    return float(depth * eps * max(1.0, t.abs().max().item()))
+
+
+def probs_atol(logits: torch.Tensor | np.ndarray, depth: int = NETWORK_DEPTH) -> float:
+    """Tolerance for softmax/sigmoid probabilities: their slope is at most 1/4 of the logits'."""
+    return max(logits_atol(logits, depth) / 4, 1e-6)
