@@ -114,6 +114,7 @@ def build_setup(cfg: TrainConfig, warn: Callable[[str], None] = print) -> Setup:
         faithful=cfg.faithful,
         output_stride=cfg.output_stride,
         pretrained=cfg.pretrained or None,
+        norm=cfg.norm,
     ).to(device, memory_format=torch.channels_last)  # oneDNN/cuDNN's fast layout: ~1.2-1.4x
     lr, lr_min = _learning_rates(cfg)
     sampler = train_loader.sampler
