@@ -40,7 +40,8 @@ def print_report(report: dict) -> None:
         ("model", f"{report['model']} (= {report['readable_name']})"),
         (
             "backbone",
-            f"{report['backbone']}, output stride {report['output_stride']}, norm {report['norm']}",
+            f"{report['backbone']}, output stride {report['output_stride']}, norm "
+            f"{report['norm']}, weights: {report['pretrained']}",
         ),
         ("recurrent unit", unit),
         (

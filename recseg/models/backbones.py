@@ -1,9 +1,9 @@
 """Torchvision backbones cut into low-level (stride 4) and high-level features.
 
-Weights are random unless ``pretrained`` names a local file holding a torchvision ImageNet
-state dict (``recseg.models.weights``); nothing is ever downloaded. Their BatchNorms become
-GroupNorm or frozen BatchNorm as ``norm`` says (``recseg.models.norms``), after the weights are
-loaded.
+Weights are random unless ``pretrained`` is ``"imagenet"`` (torchvision's weights, through the
+torch hub cache) or a local file holding a torchvision ImageNet state dict
+(``recseg.models.weights``). Their BatchNorms become GroupNorm or frozen BatchNorm as ``norm``
+says (``recseg.models.norms``), after the weights are loaded.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def build_backbone(
     norm: str = "batch",
 ) -> Backbone:
     """Build ``name`` from torchvision with the given output stride (8 or 16), ``pretrained``
-    weights (a local file or None) and ``norm`` ("batch", "group" or
+    weights (``"imagenet"``, a local file or None) and ``norm`` ("batch", "group" or
     "frozen": see ``recseg.models.norms.convert_norms``)."""
     if output_stride not in (8, 16):
         raise InputError(f"output_stride must be 8 or 16, got {output_stride}")

@@ -75,7 +75,7 @@ def readable_name(spec: ModelSpec) -> str:
 
 def build_model(name: str, *, faithful: bool = False, **options: object) -> RecurrentDeepLab:
     """Build a model by name. Keywords are ``ModelOptions`` fields (``output_stride``,
-    ``pretrained`` (a local file), ``freeze_backbone``, ``normalize``,
+    ``pretrained`` ("imagenet" or a local file), ``freeze_backbone``, ``normalize``,
     ``logits_after_unit``, ``init``, ``num_classes``, ``norm``); ``faithful=True`` starts from
     the thesis code's choices."""
     spec = model_spec(name)

@@ -11,7 +11,7 @@ from recseg.config import accepts, at_least, one_of, option, parse_size, size_ch
 from recseg.models.deeplab import count_parameters
 from recseg.models.registry import build_model, model_spec, readable_name
 from recseg.models.state import State
-from recseg.training.config import norm_field
+from recseg.training.config import norm_field, pretrained_field
 from recseg.training.losses import build_loss
 
 
@@ -32,12 +32,7 @@ class DescribeConfig:
     output_stride: int = field(
         default=8, metadata=option("Backbone output stride.", check=one_of(8, 16))
     )
-    pretrained: str = field(
-        default="",
-        metadata=option(
-            "Local file with torchvision ImageNet weights (never downloaded).", mltype="string"
-        ),
-    )
+    pretrained: str = pretrained_field()
     norm: str = norm_field()
     faithful: bool = field(default=False, metadata=option("Use the thesis code's model choices."))
     seed: int = field(default=0, metadata=option("Random seed for weights and the synthetic clip."))
@@ -98,6 +93,7 @@ def describe(cfg: DescribeConfig) -> dict:
         "store_previous": spec.store_previous,
         "output_stride": cfg.output_stride,
         "norm": model.options.norm,
+        "pretrained": model.backbone.source,
         "params_total": count_parameters(model),
         "params_trainable": count_parameters(model, trainable_only=True),
         "params_backbone": count_parameters(model.backbone),

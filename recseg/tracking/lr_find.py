@@ -224,7 +224,8 @@ def run_lr_find(
     model: torch.nn.Module | None = first
     h, w = loader.size
     resolved = {"resolved_batch_size": str(loader.batch_size), "resolved_size": f"{h}x{w}",
-                "device": str(device), "model_norm": first.options.norm}  # fmt: skip
+                "device": str(device), "model_norm": first.options.norm,
+                "resolved_pretrained": first.backbone.source}  # fmt: skip
     del first  # each later decay builds its own model: keep no reference to this one
     title = f"{cfg.model}, {cfg.loss}"
     tags = model_tags(cfg)

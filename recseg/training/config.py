@@ -119,8 +119,8 @@ def pretrained_field() -> Any:
     return dataclasses.field(
         default="",
         metadata=option(
-            "Local file with torchvision ImageNet backbone weights (never downloaded); "
-            "default: random init.",
+            "Backbone weights: 'imagenet' (torchvision's weights, downloaded into the torch hub "
+            "cache), a local file, or empty for random init.",
             mltype="string",
         ),
     )

@@ -137,6 +137,7 @@ def build_setup(cfg: TrainConfig, warn: Callable[[str], None] = print) -> Setup:
         "params_total": count_parameters(model),
         "params_trainable": count_parameters(model, trainable_only=True),
         "readable_name": readable_name(model.spec),
+        "resolved_pretrained": model.backbone.source,
         **{f"model_{k}": v for k, v in model.options.to_dict().items()},
     }
     return Setup(
