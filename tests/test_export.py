@@ -46,25 +46,26 @@ pytestmark = [
 Exported = tuple[LoadedModel, ExportInfo]
 
 
-def _loaded(name: str, seed: int = 1) -> LoadedModel:
+def _loaded(name: str, seed: int = 1, norm: str = "auto") -> LoadedModel:
     torch.manual_seed(seed)
-    model = randomize_norms(build_model(name), seed).eval()
+    model = randomize_norms(build_model(name, norm=norm), seed).eval()
     return LoadedModel(model=model, name=name, uri=f"test:{name}", run_id=None, size=SIZE)
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Exported]:
-    """``exported(name, fmt)``: the model and what exporting it (checked) wrote; once each."""
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Exported]:
+    """``exported(name, fmt, norm="auto")``: the model and what exporting it (checked) wrote;
+    once each."""
     folder = tmp_path_factory.mktemp("exported")
-    models: dict[str, LoadedModel] = {}
-    done: dict[tuple[str, str], Exported] = {}
+    models: dict[tuple[str, str], LoadedModel] = {}
+    done: dict[tuple[str, str, str], Exported] = {}
 
-    def get(name: str, fmt: str) -> Exported:
-        if (name, fmt) not in done:
-            loaded = models.setdefault(name, _loaded(name))
-            out = folder / f"{name}{SUFFIXES[fmt][0]}"
-            done[name, fmt] = (loaded, export_model(loaded, fmt, out, size=SIZE))
-        return done[name, fmt]
+    def get(name: str, fmt: str, norm: str = "auto") -> Exported:
+        if (name, fmt, norm) not in done:
+            loaded = models.setdefault((name, norm), _loaded(name, norm=norm))
+            out = folder / f"{name}-{norm}{SUFFIXES[fmt][0]}"
+            done[name, fmt, norm] = (loaded, export_model(loaded, fmt, out, size=SIZE))
+        return done[name, fmt, norm]
 
     return get
 
@@ -114,14 +115,15 @@ def _torchscript(path: Path, frames: list[torch.Tensor], n_state: int) -> list[l
 
 
 # ONNX export takes ~15 s a model: both state layouts (one tensor; h + c) in ONNX, all in
-# TorchScript.
+# TorchScript; GroupNorm (the default) in all, frozen BatchNorm and BatchNorm in one each.
 @pytest.mark.parametrize(
-    ("name", "fmt"),
-    [(name, "torchscript") for name in MODELS]
-    + [("Deep_mobile_gruV3", "onnx"), ("Deep_mobile_lstmV1", "onnx")],
+    ("name", "fmt", "norm"),
+    [(name, "torchscript", "auto") for name in MODELS]
+    + [("Deep_mobile_gruV3", "onnx", "auto"), ("Deep_mobile_lstmV1", "onnx", "auto")]
+    + [("Deep_mobile_gruV3", "torchscript", "batch"), ("Deep_mobile_lstmV1", "onnx", "frozen")],
 )
-def test_file_streams_like_pytorch(exported: Callable, name: str, fmt: str) -> None:
-    loaded, info = exported(name, fmt)
+def test_file_streams_like_pytorch(exported: Callable, name: str, fmt: str, norm: str) -> None:
+    loaded, info = exported(name, fmt, norm)
     k = len(MODELS[name])
     assert info.state_order == MODELS[name] == state_names(loaded.model)
     assert info.inputs == ["src"] + [f"r{i}i" for i in range(1, k + 1)]

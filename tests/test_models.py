@@ -1,12 +1,21 @@
-"""The model family: names, parameter counts, shapes, streaming, reset and BPTT."""
+"""The model family: names, parameter counts, shapes, streaming, reset, BPTT and norms."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from recseg.errors import InputError
-from recseg.models import build_model, count_parameters, model_names, model_spec
+from recseg.models import (
+    ModelOptions,
+    build_model,
+    count_parameters,
+    model_names,
+    model_spec,
+    rebuild_model,
+)
+from recseg.models.norms import FrozenBatchNorm2d, group_count
 from recseg.models.registry import READABLE_MODELS, SEED_MODELS
 from recseg.training.losses import build_loss
 from tests.conftest import randomize_norms
@@ -264,3 +273,125 @@ def test_describe_names_the_architecture_for_tags() -> None:
     assert info["backbone"] == "resnet50" and info["cell"] == "gru"
     assert info["position"] == "branch" and info["store_previous"] is True
     assert info["output_stride"] == 16 and info["pretrained"] is None
+
+
+# ---- norms: GroupNorm, frozen BatchNorm, BatchNorm ---------------------------------------------
+BRANCH_MODELS = ["Deep_mobile_lstmV5", "Deep_resnet50_gruV6", "mobilenetv3-gru-branch-prev"]
+
+
+def _norms(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, nn.BatchNorm2d | nn.GroupNorm)]
+
+
+def _head_norms(model: nn.Module) -> list[nn.Module]:
+    """The norm of every head part: ASPP (image pooling included), projection, classifier,
+    branches."""
+    parts = [model.aspp, model.project, model.classifier, model.branch_a, model.branch_b]
+    return [m for part in parts if part is not None for m in _norms(part)]
+
+
+def test_norm_is_stored_resolved() -> None:
+    assert ModelOptions().norm == "auto"
+    assert build_model("Deep+_mobile").options.norm == "group"
+    assert build_model("Deep+_mobile", faithful=True).options.norm == "batch"
+    assert ModelOptions.faithful().norm == "batch"
+    assert build_model("Deep+_mobile", faithful=True, norm="auto").options.norm == "batch"
+    assert build_model("Deep+_mobile", faithful=True, norm="frozen").options.norm == "frozen"
+    assert build_model("Deep+_mobile").describe()["norm"] == "group"
+    with pytest.raises(InputError) as err:
+        build_model("Deep+_mobile", norm="layer")
+    assert "\n" not in str(err.value) and "'layer'" in str(err.value)
+    assert "group" in str(err.value)
+
+
+def test_group_counts() -> None:
+    expected = {4: 1, 7: 1, 8: 2, 16: 4, 24: 6, 48: 12, 96: 24, 152: 19, 256: 32, 304: 19}
+    assert {c: group_count(c) for c in expected} == expected
+    for c in range(1, 2049):
+        g = group_count(c)
+        assert c % g == 0 and g <= 32 and (c // g >= 4 or (c < 8 and g == 1))
+
+
+@pytest.mark.parametrize("name", BRANCH_MODELS)
+def test_group_norm_everywhere_but_the_cells(name: str) -> None:
+    model = build_model(name, norm="group")
+    norms = _norms(model)
+    assert norms and all(type(m) is nn.GroupNorm for m in norms)
+    assert all(m.num_groups == group_count(m.num_channels) for m in norms)
+    assert isinstance(model.aspp.convs[-1][2], nn.GroupNorm)  # the 1x1 image-pooling branch
+    # ASPP: 4 conv branches, pooling and its projection; low-level projection; classifier; V5/V6
+    assert len(_head_norms(model)) == 6 + 1 + 1 + 2
+    assert not _norms(model.unit)  # nothing inside the ConvLSTM/ConvGRU cells
+
+
+@pytest.mark.parametrize("name", BRANCH_MODELS)
+def test_frozen_norm_freezes_the_backbone_batchnorm_only(name: str) -> None:
+    model = build_model(name, norm="frozen")
+    backbone = _norms(model.backbone)
+    assert backbone and all(type(m) is FrozenBatchNorm2d for m in backbone)
+    assert all(type(m) is nn.GroupNorm for m in _head_norms(model))
+    assert not _norms(model.unit)
+    batch = build_model(name, norm="batch")
+    assert all(type(m) is nn.BatchNorm2d for m in _norms(batch))
+
+
+def test_frozen_batchnorm_statistics_never_update_and_affine_trains() -> None:
+    model = randomize_norms(build_model("Deep_mobile_gruV3", norm="frozen")).train()
+    bns = _norms(model.backbone)
+    assert not any(m.training for m in bns) and model.aspp.training and model.unit.training
+    before = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
+    logits, _ = model(torch.rand(2, 2, 3, 40, 56))
+    logits.square().mean().backward()
+    for m, (mean, var) in zip(bns, before, strict=True):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+        assert m.weight.requires_grad and m.weight.grad is not None
+    model.backbone.train()  # also when the backbone alone is asked
+    assert not any(m.training for m in bns)
+    frozen = build_model("Deep_mobile_gruV3", norm="frozen", freeze_backbone=True)
+    assert not any(p.requires_grad for p in frozen.backbone.parameters())
+
+
+@pytest.mark.parametrize("norm", ["group", "frozen", "batch"])
+def test_train_and_eval_mode_agree_unless_batchnorm(norm: str) -> None:
+    """Train-mode BatchNorm normalises with the batch's statistics, eval mode with the running
+    ones: on small correlated batches these differ. GroupNorm and frozen BatchNorm do the same
+    in both modes (the ASPP dropout, the only other difference, is off here)."""
+    model = randomize_norms(build_model("Deep_mobile_gruV5", norm=norm))
+    model.aspp.project[3].p = 0.0
+    clip = torch.rand(2, 3, 3, 40, 56)
+    with torch.no_grad():
+        trained, _ = model.train()(clip)
+        evaluated, _ = model.eval()(clip)
+    diff = float((trained - evaluated).abs().max())
+    assert evaluated.abs().max() > 0.05  # not trivially ~0
+    assert diff > 1e-2 if norm == "batch" else diff <= 1e-5
+
+
+def test_group_norm_trains_on_a_single_frame() -> None:
+    """BatchNorm cannot train on one 1x1 image-pooling value per channel; GroupNorm can."""
+    frame = torch.rand(1, 3, 40, 56)
+    build_model("Deep+_mobile", norm="group").train()(frame)[0].sum().backward()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        build_model("Deep+_mobile", norm="batch").train()(frame)
+
+
+@pytest.mark.parametrize("name", list(SEED_PARAMS))
+def test_parameter_counts_with_group_norm_match_thesis(name: str) -> None:
+    model = build_model(name, faithful=True, norm="group")
+    assert (count_parameters(model), count_parameters(model, trainable_only=True)) == SEED_PARAMS[
+        name
+    ]
+
+
+def test_options_saved_before_norm_existed_rebuild_batchnorm() -> None:
+    old = randomize_norms(build_model("Deep_mobile_gruV5", norm="batch"), seed=3)
+    options = old.options.to_dict()
+    del options["norm"]  # what an older recseg saved
+    rebuilt = rebuild_model("Deep_mobile_gruV5", options)
+    assert rebuilt.options.norm == "batch"
+    rebuilt.load_state_dict(old.state_dict(), strict=True)
+    clip = torch.rand(1, 2, 3, 40, 56)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(clip)[0], old.eval()(clip)[0])
+    saved_now = build_model("Deep_mobile_gruV5").options.to_dict()
+    assert rebuild_model("Deep_mobile_gruV5", saved_now).options.norm == "group"

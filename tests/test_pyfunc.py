@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -23,6 +24,7 @@ import recseg
 from recseg.errors import InputError
 from recseg.models import RecurrentDeepLab, build_model
 from recseg.tracking import pyfunc
+from recseg.tracking.model_uri import read_model_dir
 from recseg.tracking.pyfunc import ClipSegmenter, clip_signature, log_clip_model
 from tests.conftest import randomize_norms
 from tests.tolerance import probs_atol
@@ -145,6 +147,27 @@ def test_signature_flavors_and_stored_files(logged: tuple, local_copy: Path) -> 
     assert arch["model"] == MODEL and arch["options"]["pretrained"] is None
     reqs = (local_copy / "requirements.txt").read_text().split()
     assert set(pyfunc.pip_requirements()) <= set(reqs)
+
+
+def test_model_logged_before_norm_existed_loads_as_batchnorm(
+    logged: tuple, local_copy: Path, tmp_path: Path
+) -> None:
+    """An older recseg logged no ``norm`` (its models have BatchNorm): the pyfunc and
+    ``load_network`` rebuild BatchNorm and its weights load strictly."""
+    arch = json.loads(next(local_copy.rglob("architecture.json")).read_text())
+    assert arch["options"]["norm"] == "group"  # logged resolved
+    old = shutil.copytree(local_copy, tmp_path / "old-model")
+    torch.manual_seed(5)
+    bn = randomize_norms(build_model(MODEL, norm="batch"), 5).eval()
+    del arch["options"]["norm"]
+    next(old.rglob("architecture.json")).write_text(json.dumps(arch))
+    torch.save(bn.state_dict(), next(old.rglob("weights.pt")))
+    clip = _clip(3, 40, 56, seed=5)
+    probs = mlflow.pyfunc.load_model(str(old)).predict(clip)
+    np.testing.assert_allclose(probs, _reference(bn, clip), atol=1e-5, rtol=0)
+    network = read_model_dir(old, str(old)).model
+    assert network.options.norm == "batch"
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())
 
 
 def test_non_recurrent_model_registered(experiment: str) -> None:

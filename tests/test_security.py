@@ -191,6 +191,8 @@ UNSAFE_MODULES = {"cloudpickle", "dill", "shelve", "marshal", "_pickle"}
 UNSAFE_CALLS = {"pickle.load", "pickle.loads", "pickle.Unpickler", "joblib.load",
                 "pandas.read_pickle", "yaml.unsafe_load", "yaml.full_load"}  # fmt: skip
 SAFE_YAML = ("SafeLoader", "CSafeLoader", "BaseLoader")
+# torch hub's loaders (torchvision's WeightsEnum.get_state_dict too) unpickle unless told not to
+TORCH_HUB_LOADS = ("load_state_dict_from_url", ".get_state_dict")
 # torch.jit.load runs TorchScript: only of files recseg itself just wrote
 TRUSTED_JIT = {("recseg/deploy/export.py", "stream_exported"): "reads back its own export"}
 
@@ -235,6 +237,7 @@ def unsafe_loads(source: str, filename: str) -> list[str]:
             name in UNSAFE_CALLS
             or (name in ("torch.load", "torch.serialization.load")
                 and not _is_const(kw.get("weights_only"), True))
+            or (name.endswith(TORCH_HUB_LOADS) and not _is_const(kw.get("weights_only"), True))
             or ("allow_pickle" in kw and not _is_const(kw["allow_pickle"], False))
             or (name in ("yaml.load", "yaml.load_all") and not loader.endswith(SAFE_YAML))
             or (name == "torch.jit.load" and (filename, owner.get(id(node))) not in TRUSTED_JIT)
@@ -256,9 +259,12 @@ pl(b)
 yaml.load(s)
 yaml.load(s, Loader=yaml.Loader)
 jit.load(f)
+torch.hub.load_state_dict_from_url(url)
+weights.get_state_dict(progress=False, check_hash=True)
 """
     good = """import numpy as np, yaml, torch
 torch.load(f, map_location="cpu", weights_only=True)
+weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
 np.load(f)
 np.lib.format.write_array(f, a, allow_pickle=False)
 yaml.load(s, Loader=yaml.SafeLoader)

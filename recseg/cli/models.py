@@ -38,7 +38,11 @@ def print_report(report: dict) -> None:
         unit = f"{report['cell']} at {report['position']}{prev}"
     lines = [
         ("model", f"{report['model']} (= {report['readable_name']})"),
-        ("backbone", f"{report['backbone']}, output stride {report['output_stride']}"),
+        (
+            "backbone",
+            f"{report['backbone']}, output stride {report['output_stride']}, norm "
+            f"{report['norm']}, weights: {report['pretrained']}",
+        ),
         ("recurrent unit", unit),
         (
             "parameters",

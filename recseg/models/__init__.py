@@ -1,7 +1,13 @@
 """The recurrent DeepLabV3+ model family."""
 
 from recseg.models.deeplab import ModelOptions, ModelSpec, RecurrentDeepLab, count_parameters
-from recseg.models.registry import build_model, model_names, model_spec, readable_name
+from recseg.models.registry import (
+    build_model,
+    model_names,
+    model_spec,
+    readable_name,
+    rebuild_model,
+)
 from recseg.models.state import detach_state, reset_state, select_state, stack_states, state_to
 
 __all__ = [
@@ -14,6 +20,7 @@ __all__ = [
     "model_names",
     "model_spec",
     "readable_name",
+    "rebuild_model",
     "reset_state",
     "select_state",
     "stack_states",

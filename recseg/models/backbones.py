@@ -1,12 +1,13 @@
 """Torchvision backbones cut into low-level (stride 4) and high-level features.
 
-Weights are random unless ``pretrained`` names a local file holding a torchvision ImageNet
-state dict; nothing is ever downloaded.
+Weights are random unless ``pretrained`` is ``"imagenet"`` (torchvision's weights, through the
+torch hub cache) or a local file holding a torchvision ImageNet state dict
+(``recseg.models.weights``). Their BatchNorms become GroupNorm or frozen BatchNorm as ``norm``
+says (``recseg.models.norms``), after the weights are loaded.
 """
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from torch import nn
 from torchvision import models as tvm
 
 from recseg.errors import InputError
+from recseg.models.norms import convert_norms
+from recseg.models.weights import load_pretrained
 
 BACKBONES = ("mobilenet_v2", "resnet50", "mobilenet_v3_large")
 
@@ -29,13 +32,17 @@ class BackboneInfo:
 
 
 class Backbone(nn.Module):
-    """``forward(x) -> (low, high)``: stride-4 features and output-stride features."""
+    """``forward(x) -> (low, high)``: stride-4 features and output-stride features.
+    ``source`` says which weights it started from."""
 
-    def __init__(self, low: nn.Module, high: nn.Module, info: BackboneInfo) -> None:
+    def __init__(
+        self, low: nn.Module, high: nn.Module, info: BackboneInfo, source: str = "random init"
+    ) -> None:
         super().__init__()
         self.low = low
         self.high = high
         self.info = info
+        self.source = source
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         low = self.low(x)
@@ -64,61 +71,37 @@ def _dilate(blocks: Iterable[nn.Module], output_stride: int) -> None:
             m.padding = (rate * (m.kernel_size[0] - 1) // 2, rate * (m.kernel_size[1] - 1) // 2)
 
 
-def _load_pretrained(model: nn.Module, path: str | Path, name: str) -> None:
-    """Load a torchvision ImageNet state dict from a local file into ``model`` (strict)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"pretrained weights file not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # weights_only=True refused an object
-        raise InputError(
-            f"pretrained weights {path} hold Python objects besides tensors: refused, they "
-            "could run code"
-        ) from None
-    except Exception as exc:
-        raise InputError(f"cannot read pretrained weights {path}: {type(exc).__name__}") from exc
-    for key in ("state_dict", "model"):
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
-            data = data[key]
-    if not isinstance(data, dict):
-        raise InputError(f"pretrained weights {path} do not hold a state dict")
-    data = {k.removeprefix("module."): v for k, v in data.items()}
-    try:
-        model.load_state_dict(data, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
-        raise InputError(
-            f"pretrained weights {path} do not fit torchvision {name}: {first}"
-        ) from exc
+def _torchvision(name: str, output_stride: int) -> nn.Module:
+    if name == "resnet50":
+        dilate = [False, output_stride == 8, True]
+        return tvm.resnet50(weights=None, replace_stride_with_dilation=dilate)
+    if name == "mobilenet_v2":
+        return tvm.mobilenet_v2(weights=None)
+    if name == "mobilenet_v3_large":
+        return tvm.mobilenet_v3_large(weights=None)
+    raise InputError(f"unknown backbone '{name}'; valid backbones: {', '.join(BACKBONES)}")
 
 
 def build_backbone(
-    name: str, output_stride: int = 8, pretrained: str | Path | None = None
+    name: str,
+    output_stride: int = 8,
+    pretrained: str | Path | None = None,
+    norm: str = "batch",
 ) -> Backbone:
-    """Build ``name`` from torchvision with the given output stride (8 or 16)."""
+    """Build ``name`` from torchvision with the given output stride (8 or 16), ``pretrained``
+    weights (``"imagenet"``, a local file or None) and ``norm`` ("batch", "group" or
+    "frozen": see ``recseg.models.norms.convert_norms``)."""
     if output_stride not in (8, 16):
         raise InputError(f"output_stride must be 8 or 16, got {output_stride}")
+    net = _torchvision(name, output_stride)
+    source = load_pretrained(net, pretrained, name) if pretrained else "random init"
+    convert_norms(net, norm)
     if name == "resnet50":
-        dilate = [False, output_stride == 8, True]
-        net = tvm.resnet50(weights=None, replace_stride_with_dilation=dilate)
-        if pretrained:
-            _load_pretrained(net, pretrained, name)
         low = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
         high = nn.Sequential(net.layer2, net.layer3, net.layer4)
-        return Backbone(low, high, BackboneInfo(256, 2048))
-    if name == "mobilenet_v2":
-        net = tvm.mobilenet_v2(weights=None)
-        if pretrained:
-            _load_pretrained(net, pretrained, name)
-        features = net.features[:-1]  # the final 1x1 conv to 1280 channels is not used
-        _dilate(features, output_stride)
-        return Backbone(features[:4], features[4:], BackboneInfo(24, 320))
-    if name == "mobilenet_v3_large":
-        net = tvm.mobilenet_v3_large(weights=None)
-        if pretrained:
-            _load_pretrained(net, pretrained, name)
-        features = net.features
-        _dilate(features, output_stride)
-        return Backbone(features[:4], features[4:], BackboneInfo(24, 960))
-    raise InputError(f"unknown backbone '{name}'; valid backbones: {', '.join(BACKBONES)}")
+        return Backbone(low, high, BackboneInfo(256, 2048), source)
+    # MobileNetV2's final 1x1 conv to 1280 channels is not used
+    features = net.features[:-1] if name == "mobilenet_v2" else net.features
+    _dilate(features, output_stride)
+    high_channels = 320 if name == "mobilenet_v2" else 960
+    return Backbone(features[:4], features[4:], BackboneInfo(24, high_channels), source)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +11,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from recseg.errors import InputError
 from recseg.models.backbones import build_backbone
+from recseg.models.norms import convert_norms, head_kind, head_norm, resolve_norm
 from recseg.models.recurrent import RecurrentUnit
 from recseg.models.state import State
 
@@ -45,28 +46,35 @@ class ModelOptions:
     normalize: bool = True
     logits_after_unit: bool = True
     init: str = "kaiming"
+    norm: str = "auto"  # group | frozen | batch; "auto": frozen when pretrained, else group
 
     @classmethod
     def faithful(cls, **overrides: object) -> ModelOptions:
         """The seed's choices: frozen backbone, no input normalisation, bounded V1/V2 logits,
-        recurrent convs left at PyTorch's default initialisation."""
+        recurrent convs left at PyTorch's default initialisation, BatchNorm everywhere
+        (``norm="auto"`` means that here)."""
         base = {
             "freeze_backbone": True,
             "normalize": False,
             "logits_after_unit": False,
             "init": "seed",
+            "norm": "batch",
         }
-        base.update(overrides)
+        base.update({k: v for k, v in overrides.items() if (k, v) != ("norm", "auto")})
         return cls(**base)  # type: ignore[arg-type]
+
+    def resolved(self) -> ModelOptions:
+        """These options with ``norm="auto"`` resolved (``InputError`` for an unknown norm)."""
+        return replace(self, norm=resolve_norm(self.norm, self.pretrained))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
+def _conv_norm_relu(cin: int, cout: int, kernel: int, norm: str) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False),
-        nn.BatchNorm2d(cout),
+        head_norm(norm, cout),
         nn.ReLU(inplace=True),
     )
 
@@ -77,23 +85,30 @@ class RecurrentDeepLab(nn.Module):
 
     ``forward(frames, state=None, reset=None) -> (logits, state)`` takes ``(B, 3, H, W)`` or
     ``(B, T, 3, H, W)`` frames in [0, 1]. Everything but the recurrent cell runs on all B*T
-    frames at once; the cell loops over T.
+    frames at once; the cell loops over T. ``options.norm`` is stored resolved (never
+    ``"auto"``): ``"group"`` GroupNorm everywhere, ``"frozen"`` the backbone's BatchNorm frozen
+    and GroupNorm in the head, ``"batch"`` BatchNorm everywhere (the thesis).
     """
 
     def __init__(self, spec: ModelSpec, options: ModelOptions | None = None) -> None:
         super().__init__()
-        options = options or ModelOptions()
+        options = (options or ModelOptions()).resolved()
         if spec.recurrent and spec.position not in POSITIONS:
             raise InputError(f"position must be one of {POSITIONS}, got {spec.position}")
         self.spec, self.options = spec, options
-        self.backbone = build_backbone(spec.backbone, options.output_stride, options.pretrained)
+        norm = options.norm
+        self.backbone = build_backbone(
+            spec.backbone, options.output_stride, options.pretrained, norm
+        )
         info = self.backbone.info
         rates = [12, 24, 36] if options.output_stride == 8 else [6, 12, 18]
         self.aspp = ASPP(info.high_channels, rates, out_channels=256)
+        convert_norms(self.aspp, head_kind(norm))  # its image-pooling branch too
         self.aspp.project[3].p = 0.1  # DeepLabV3+ dropout (torchvision's DeepLabV3 uses 0.5)
-        self.project = _conv_bn_relu(info.low_channels, 48, 1)
+        self.project = _conv_norm_relu(info.low_channels, 48, 1, norm)
         self.classifier = nn.Sequential(
-            _conv_bn_relu(DECODER_CHANNELS, 256, 3), nn.Conv2d(256, options.num_classes, 1)
+            _conv_norm_relu(DECODER_CHANNELS, 256, 3, norm),
+            nn.Conv2d(256, options.num_classes, 1),
         )
         self.unit = self.branch_a = self.branch_b = self.out_conv = None
         self._build_unit(spec, options)
@@ -109,8 +124,8 @@ class RecurrentDeepLab(nn.Module):
         channels = {"output": options.num_classes, "decoder": DECODER_CHANNELS, "branch": 152}
         width = channels[spec.position]
         if spec.position == "branch":
-            self.branch_a = _conv_bn_relu(DECODER_CHANNELS, width, 1)
-            self.branch_b = _conv_bn_relu(DECODER_CHANNELS, width, 1)
+            self.branch_a = _conv_norm_relu(DECODER_CHANNELS, width, 1, options.norm)
+            self.branch_b = _conv_norm_relu(DECODER_CHANNELS, width, 1, options.norm)
         self.unit = RecurrentUnit(spec.cell, width, width, spec.store_previous)
         if spec.position == "output" and options.logits_after_unit:
             self.out_conv = nn.Conv2d(width, options.num_classes, 1)
@@ -127,7 +142,7 @@ class RecurrentDeepLab(nn.Module):
             for m in part.modules():
                 if isinstance(m, nn.Conv2d):
                     nn.init.kaiming_normal_(m.weight)
-                elif isinstance(m, nn.BatchNorm2d):
+                elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
                     nn.init.ones_(m.weight)
                     nn.init.zeros_(m.bias)
         if init == "kaiming":

@@ -6,6 +6,7 @@ import dataclasses
 
 from recseg.errors import InputError
 from recseg.models.deeplab import ModelOptions, ModelSpec, RecurrentDeepLab
+from recseg.models.norms import LEGACY_NORM
 
 SEED_BACKBONES = {"mobile": "mobilenet_v2", "resnet50": "resnet50"}
 READABLE_BACKBONES = {
@@ -74,8 +75,9 @@ def readable_name(spec: ModelSpec) -> str:
 
 def build_model(name: str, *, faithful: bool = False, **options: object) -> RecurrentDeepLab:
     """Build a model by name. Keywords are ``ModelOptions`` fields (``output_stride``,
-    ``pretrained`` (a local file), ``freeze_backbone``, ``normalize``, ``logits_after_unit``,
-    ``init``, ``num_classes``); ``faithful=True`` starts from the thesis code's choices."""
+    ``pretrained`` ("imagenet" or a local file), ``freeze_backbone``, ``normalize``,
+    ``logits_after_unit``, ``init``, ``num_classes``, ``norm``); ``faithful=True`` starts from
+    the thesis code's choices."""
     spec = model_spec(name)
     valid = {f.name for f in dataclasses.fields(ModelOptions)}
     unknown = sorted(set(options) - valid)
@@ -85,3 +87,9 @@ def build_model(name: str, *, faithful: bool = False, **options: object) -> Recu
         )
     opts = ModelOptions.faithful(**options) if faithful else ModelOptions(**options)  # type: ignore[arg-type]
     return RecurrentDeepLab(spec, opts)
+
+
+def rebuild_model(name: str, options: dict) -> RecurrentDeepLab:
+    """The model ``name`` as saved with ``options`` (``model.options.to_dict()``). Options saved
+    by a recseg before the ``norm`` option mean BatchNorm, which such models have."""
+    return build_model(name, **{"norm": LEGACY_NORM, **options})

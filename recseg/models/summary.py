@@ -11,6 +11,7 @@ from recseg.config import accepts, at_least, one_of, option, parse_size, size_ch
 from recseg.models.deeplab import count_parameters
 from recseg.models.registry import build_model, model_spec, readable_name
 from recseg.models.state import State
+from recseg.training.config import norm_field, pretrained_field
 from recseg.training.losses import build_loss
 
 
@@ -31,12 +32,8 @@ class DescribeConfig:
     output_stride: int = field(
         default=8, metadata=option("Backbone output stride.", check=one_of(8, 16))
     )
-    pretrained: str = field(
-        default="",
-        metadata=option(
-            "Local file with torchvision ImageNet weights (never downloaded).", mltype="string"
-        ),
-    )
+    pretrained: str = pretrained_field()
+    norm: str = norm_field()
     faithful: bool = field(default=False, metadata=option("Use the thesis code's model choices."))
     seed: int = field(default=0, metadata=option("Random seed for weights and the synthetic clip."))
 
@@ -65,12 +62,13 @@ def describe(cfg: DescribeConfig) -> dict:
         faithful=cfg.faithful,
         output_stride=cfg.output_stride,
         pretrained=cfg.pretrained or None,
+        norm=cfg.norm,
     )
     spec = model_spec(cfg.model)
     frames = torch.rand(cfg.batch_size, cfg.seq_len, 3, h, w, requires_grad=True)
     target = (torch.rand(cfg.batch_size, cfg.seq_len, h, w) > 0.5).long()
     loss_fn = build_loss(cfg.loss)
-    model.eval()  # eval-mode BatchNorm: only a recurrent unit can link one frame to another
+    model.eval()  # eval-mode norms: only a recurrent unit can link one frame to another
     # Pass 1 (also the warm-up): a loss on the last frame only; does its gradient reach frame 1?
     logits, state, _ = _backward(model, frames, loss_fn, target, last_only=True)
     grad_first = frames.grad[:, 0].abs().sum().item()
@@ -94,6 +92,8 @@ def describe(cfg: DescribeConfig) -> dict:
         "position": spec.position or "none",
         "store_previous": spec.store_previous,
         "output_stride": cfg.output_stride,
+        "norm": model.options.norm,
+        "pretrained": model.backbone.source,
         "params_total": count_parameters(model),
         "params_trainable": count_parameters(model, trainable_only=True),
         "params_backbone": count_parameters(model.backbone),

@@ -220,10 +220,13 @@ def run_lr_find(
     store = open_store(cfg.data)
     device = pick_device(cfg.device)
     loader = train_loader(cfg, store, warn=echo)
-    model: torch.nn.Module | None = fresh_model(cfg, device)  # bad --pretrained fails here
+    first = fresh_model(cfg, device)  # bad --pretrained fails here
+    model: torch.nn.Module | None = first
     h, w = loader.size
     resolved = {"resolved_batch_size": str(loader.batch_size), "resolved_size": f"{h}x{w}",
-                "device": str(device)}  # fmt: skip
+                "device": str(device), "model_norm": first.options.norm,
+                "resolved_pretrained": first.backbone.source}  # fmt: skip
+    del first  # each later decay builds its own model: keep no reference to this one
     title = f"{cfg.model}, {cfg.loss}"
     tags = model_tags(cfg)
     client = MlflowClient()

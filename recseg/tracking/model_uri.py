@@ -21,7 +21,7 @@ from mlflow.models import Model
 
 from recseg.config import MODEL_URIS
 from recseg.errors import InputError
-from recseg.models import RecurrentDeepLab, build_model
+from recseg.models import RecurrentDeepLab, rebuild_model
 from recseg.tracking.runs import quiet_mlflow, refused_message, tracking_server
 
 ARCHITECTURE_FILE = "artifacts/architecture.json"
@@ -63,7 +63,7 @@ def build_network(
     only, nothing unpickled); also the architecture dict."""
     arch = json.loads(Path(arch_file).read_text())
     weights = torch.load(weights_file, weights_only=True, map_location=device)
-    model = build_model(arch["model"], **arch["options"])
+    model = rebuild_model(arch["model"], arch["options"])  # no "norm" (older recseg): BatchNorm
     check_fit(model, weights, arch["model"])
     model.load_state_dict(weights, strict=True)
     return model, arch

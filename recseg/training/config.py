@@ -23,6 +23,7 @@ from recseg.config import (
     size_or_default,
 )
 from recseg.errors import InputError
+from recseg.models.norms import NORMS
 from recseg.models.registry import model_spec
 from recseg.training.losses import build_loss
 from recseg.training.optim import OPTIMIZERS, SCHEDULES
@@ -123,9 +124,22 @@ def pretrained_field() -> Any:
     return dataclasses.field(
         default="",
         metadata=option(
-            "Local file with torchvision ImageNet backbone weights (never downloaded); "
-            "default: random init.",
+            "Backbone weights: 'imagenet' (torchvision's weights, downloaded into the torch hub "
+            "cache), a local file, or empty for random init.",
             mltype="string",
+        ),
+    )
+
+
+def norm_field() -> Any:
+    return dataclasses.field(
+        default="auto",
+        metadata=option(
+            "Normalisation: group (GroupNorm everywhere: the same in train and eval mode, for "
+            "small correlated batches), frozen (the backbone's BatchNorm with frozen pretrained "
+            "statistics, GroupNorm in the head), batch (BatchNorm everywhere, as the thesis), "
+            "auto (frozen with --pretrained, else group; batch with --faithful).",
+            check=one_of(*NORMS),
         ),
     )
 
@@ -230,6 +244,7 @@ class TrainConfig:
     seed: int = seed_field()
     output_stride: int = output_stride_field()
     pretrained: str = pretrained_field()
+    norm: str = norm_field()
     faithful: bool = faithful_field()
     augment: bool = dataclasses.field(
         default=True, metadata=option("Augment training clips (one draw per clip and epoch).")

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from recseg.config import as_params
 from recseg.errors import EXIT_OK, EXIT_REQUEUE, InputError
 from recseg.faults import fail_point
+from recseg.models.norms import LEGACY_NORM
 from recseg.tracking import HTTP_DEFAULTS
 from recseg.tracking import tags as T
 from recseg.tracking.train import (
@@ -104,6 +105,24 @@ def _check_belongs(payload: dict[str, Any], cfg: TrainConfig, run_id: str) -> No
         raise InputError(
             f"checkpoint for run {run_id} holds a {payload['model_name']} model, not {cfg.model}"
         )
+
+
+def legacy_norm(cfg: TrainConfig, run: Run, state: dict[str, Any] | None) -> TrainConfig:
+    """``cfg`` to continue ``run`` with. A run that a recseg before ``--norm`` started (its
+    params or checkpoint name model options but no ``model_norm``) trained BatchNorm: it goes on
+    with ``--norm batch`` (``auto`` means that here; another norm is refused)."""
+    params = run.data.params
+    saved = (state or {}).get("resolved", {})
+    if "model_norm" in params or "model_norm" in saved:
+        return cfg
+    if state is None and "model_output_stride" not in params:
+        return cfg  # nothing trained yet (a scheduled run): the norm is free
+    if cfg.norm not in ("auto", LEGACY_NORM):
+        raise InputError(
+            f"--norm {cfg.norm}: run {run.info.run_id} was started by a recseg without --norm "
+            f"and trains BatchNorm; continue it with --norm auto or {LEGACY_NORM}"
+        )
+    return dataclasses.replace(cfg, norm=LEGACY_NORM)
 
 
 class Job:
@@ -291,16 +310,17 @@ def train_run(cfg: TrainConfig, echo: Echo = print, stop: StopRequest | None = N
     existing = _find_run(cfg, warn)
     if existing is not None and already_done(existing, echo):
         return Outcome(EXIT_OK, existing.info.run_id)
-    setup = build_setup(cfg, warn=warn)
-    own = stop is None
-    stop = stop or StopRequest()
-    trainer = _make_trainer(cfg, setup, stop)
     state = None
     if existing is not None:
         tag = int(existing.data.tags.get(T.CHECKPOINT_STEP, -1))
         state = _newest_checkpoint(cfg, existing.info.run_id, tag, warn)
-        if state is not None:  # before the run is touched: a mismatch is the user's to fix
-            trainer.load_state_dict(state)
+        cfg = legacy_norm(cfg, existing, state)
+    setup = build_setup(cfg, warn=warn)
+    own = stop is None
+    stop = stop or StopRequest()
+    trainer = _make_trainer(cfg, setup, stop)
+    if state is not None:  # before the run is touched: a mismatch is the user's to fix
+        trainer.load_state_dict(state)
     job = Job(cfg, setup, trainer, echo)
     if own:
         stop.install()

@@ -35,6 +35,7 @@ from recseg.training.config import (
     faithful_field,
     loss_field,
     model_field,
+    norm_field,
     num_workers_field,
     output_stride_field,
     pretrained_field,
@@ -148,6 +149,7 @@ class LrFindConfig:
     device: str = device_field()
     output_stride: int = output_stride_field()
     pretrained: str = pretrained_field()
+    norm: str = norm_field()
     faithful: bool = faithful_field()
     experiment: str = dataclasses.field(
         default=DEFAULT_EXPERIMENT, metadata=option("MLflow experiment of the runs.")
@@ -347,7 +349,7 @@ def fresh_model(cfg: LrFindConfig, device: torch.device) -> RecurrentDeepLab:
     """The model with the weights of ``--seed`` (the same for every sweep)."""
     seed_everything(cfg.seed)
     model = build_model(cfg.model, faithful=cfg.faithful, output_stride=cfg.output_stride,
-                        pretrained=cfg.pretrained or None)  # fmt: skip
+                        pretrained=cfg.pretrained or None, norm=cfg.norm)  # fmt: skip
     return model.to(device, memory_format=torch.channels_last)
 
 

@@ -114,6 +114,7 @@ def build_setup(cfg: TrainConfig, warn: Callable[[str], None] = print) -> Setup:
         faithful=cfg.faithful,
         output_stride=cfg.output_stride,
         pretrained=cfg.pretrained or None,
+        norm=cfg.norm,
     ).to(device, memory_format=torch.channels_last)  # oneDNN/cuDNN's fast layout: ~1.2-1.4x
     lr, lr_min = _learning_rates(cfg)
     sampler = train_loader.sampler
@@ -137,6 +138,7 @@ def build_setup(cfg: TrainConfig, warn: Callable[[str], None] = print) -> Setup:
         "params_total": count_parameters(model),
         "params_trainable": count_parameters(model, trainable_only=True),
         "readable_name": readable_name(model.spec),
+        "resolved_pretrained": model.backbone.source,
         **{f"model_{k}": v for k, v in model.options.to_dict().items()},
     }
     return Setup(
