@@ -14,6 +14,7 @@ global random state.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import cv2
@@ -64,18 +65,44 @@ GLOBAL_BRIGHTNESS = (0.9, 1.1)
 GLOBAL_CONTRAST = (0.9, 1.1)
 GLOBAL_SATURATION = (0.9, 1.1)
 
+LUMA = (0.299, 0.587, 0.114)  # the grey that saturation moves towards
+CONTRAST_PIVOT = 128.0
 NOISE_STREAM = 3  # seed-derivation tag of the per-frame noise (the sampler uses 0-2)
 _PERMUTATIONS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
 
 
 @dataclasses.dataclass(frozen=True)
 class Colour:
-    """A colour jitter: brightness and contrast (RGB), saturation and hue (HSV)."""
+    """A colour jitter: brightness, contrast, saturation and hue, as one affine map of RGB
+    (``matrix``: applied with ``cv2.transform``, a single pass over uint8 pixels)."""
 
     brightness: float = 1.0
     contrast: float = 1.0
     saturation: float = 1.0
     hue: float = 0.0  # fraction of the colour circle
+
+    def matrix(self, permute: tuple[int, ...] = (0, 1, 2)) -> np.ndarray:
+        """The 3x4 float32 map ``rgb' = M[:, :3] @ rgb + M[:, 3]`` of, in this order: the
+        channel permutation (output channel i = input channel ``permute[i]``), the hue turn
+        about the grey axis, saturation (towards or away from luma), then brightness and
+        contrast about CONTRAST_PIVOT (as ``recseg.data.augment``'s colour jitter)."""
+        return _colour_matrix(self, tuple(permute))
+
+
+@functools.lru_cache(maxsize=512)
+def _colour_matrix(colour: Colour, permute: tuple[int, ...]) -> np.ndarray:
+    perm = np.eye(3)[list(permute)]
+    angle = 2 * math.pi * colour.hue
+    cos, sin, third = math.cos(angle), math.sin(angle) / math.sqrt(3.0), 1.0 / 3.0
+    a, b, c = cos + (1 - cos) * third, (1 - cos) * third - sin, (1 - cos) * third + sin
+    turn = np.array([[a, b, c], [c, a, b], [b, c, a]])
+    sat = colour.saturation * np.eye(3) + (1.0 - colour.saturation) * np.tile(LUMA, (3, 1))
+    out = np.zeros((3, 4))
+    out[:, :3] = colour.brightness * colour.contrast * sat @ turn @ perm
+    out[:, 3] = CONTRAST_PIVOT * (1.0 - colour.contrast)
+    out = out.astype(np.float32)
+    out.flags.writeable = False  # shared by every caller
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-from recseg.data import augment as aug
 from recseg.data.backdrop import pan_zoom
 from recseg.data.clipfile import ClipFile, FrameFile
 from recseg.data.composite import Colour, CompositeParams, Paste, Shape, frame_rng
@@ -27,6 +26,19 @@ from recseg.errors import InputError
 
 _DECODE = getattr(cv2, "IMREAD_COLOR_RGB", cv2.IMREAD_COLOR)
 _SCREEN_NOISE_STREAM = 1  # frame_rng stream of a screen's sensor noise (0: the final noise)
+
+
+class Scratch:
+    """Float32 work buffers reused from window to window (by name and shape)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape:
+            buf = self._buffers[name] = np.empty(shape, np.float32)
+        return buf
 
 
 def _lru_get(cache: collections.OrderedDict, key: Any, limit: int, make: Any) -> Any:
@@ -48,11 +60,10 @@ def _read_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if _DECODE == cv2.IMREAD_COLOR else image
 
 
-def _colour(block: np.ndarray, colour: Colour) -> None:
-    """Colour-jitter an RGB uint8 block (one contiguous image) in place."""
-    if colour != Colour():
-        c = colour
-        aug.colour(block, *aug.colour_luts(c.brightness, c.contrast, c.saturation, c.hue))
+def _colour(block: np.ndarray, colour: Colour, permute: tuple[int, ...] = (0, 1, 2)) -> None:
+    """Colour-jitter (and permute) an RGB uint8 block (one contiguous image) in place."""
+    if colour != Colour() or permute != (0, 1, 2):
+        cv2.transform(block, colour.matrix(permute), dst=block)
 
 
 def _draw(image: np.ndarray, shape: Shape) -> None:
@@ -111,11 +122,13 @@ class Compositor:
         self._images: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self._videos: collections.OrderedDict[int, FrameFile] = collections.OrderedDict()
         self._prepared: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
+        self._scratch = Scratch()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         for name in ("_images", "_videos", "_prepared"):
             state[name] = collections.OrderedDict()
+        state["_scratch"] = Scratch()
         return state
 
     def image(self, index: int) -> np.ndarray:
@@ -137,8 +150,8 @@ class Compositor:
         else:
             fg, alpha = clip.layers(start, stop)
             fg, alpha, labels = _warp(params, fg, alpha, clip.labels(start, stop))
-            out = _blend(fg, alpha, bg)
-        _finish(params, out, frames)
+            out = _blend(fg, alpha, bg, self._scratch)
+        _finish(params, out, frames, self._scratch)
         return out, labels
 
     def _prepare(self, params: CompositeParams, image: np.ndarray) -> np.ndarray:
@@ -161,23 +174,26 @@ class Compositor:
             first = int(params.video_start * len(video))
             sources = video.frames([(first + f) % len(video) for f in frames])
             for k, f in enumerate(frames):
-                pan_zoom(self._prepare(params, sources[k]), self.size, params.camera,
-                         f / max(length - 1, 1), out[k])  # fmt: skip
+                image = self._prepare(params, sources[k])
+                pan_zoom(image, self.size, params.camera, f / max(length - 1, 1), out[k])
             return out
-        if params.source == "screen":
-            make = lambda: self._prepare(params, screen_image(params, self.size))  # noqa: E731
-        else:
-            make = lambda: self._prepare(params, self.image(params.index))  # noqa: E731
-        base = _lru_get(self._prepared, params.key, self.cache, make)
+        base = _lru_get(self._prepared, params.key, self.cache, lambda: self._base(params))
         for k, f in enumerate(frames):
-            if params.source == "screen":
-                noise = frame_rng(params.key, f, _SCREEN_NOISE_STREAM).standard_normal(
-                    (h, w, 3), dtype=np.float32
-                )
-                cv2.add(base, noise * np.float32(params.screen[5]), out[k], dtype=cv2.CV_8U)
+            if params.source == "screen":  # a still camera, sensor noise per frame
+                noise = self._scratch.get("screen", (h, w, 3))
+                rng = frame_rng(params.key, f, _SCREEN_NOISE_STREAM)
+                rng.standard_normal(dtype=np.float32, out=noise)
+                noise *= np.float32(params.screen[5])
+                cv2.add(base, noise, out[k], dtype=cv2.CV_8U)
             else:
                 pan_zoom(base, self.size, params.camera, f / max(length - 1, 1), out[k])
         return out
+
+    def _base(self, params: CompositeParams) -> np.ndarray:
+        """A clip's prepared image background, or its screen (cached per clip and epoch)."""
+        if params.source == "screen":
+            return self._prepare(params, screen_image(params, self.size))
+        return self._prepare(params, self.image(params.index))
 
 
 def _warp(
@@ -192,29 +208,34 @@ def _warp(
         cv2.warpAffine(fg[k], m, (w, h), out_f[k], linear, cv2.BORDER_REPLICATE)
         cv2.warpAffine(alpha[k], m, (w, h), out_a[k], linear, zero, 0)
         cv2.warpAffine(labels[k], m, (w, h), out_l[k], nearest, zero, 0)
-    if params.permute != (0, 1, 2):
-        out_f = np.ascontiguousarray(out_f[..., list(params.permute)])
-    _colour(out_f.reshape(n * h, w, 3), params.foreground_colour)
+    _colour(out_f.reshape(n * h, w, 3), params.foreground_colour, params.permute)
     return out_f, out_a, out_l
 
 
-def _blend(fg: np.ndarray, alpha: np.ndarray, bg: np.ndarray) -> np.ndarray:
-    """``bg + (fg - bg) * alpha / 255`` in float32, rounded to uint8 (whole window at once)."""
+def _blend(fg: np.ndarray, alpha: np.ndarray, bg: np.ndarray, scratch: Scratch) -> np.ndarray:
+    """``bg + (fg - bg) * alpha / 255`` in float32, rounded to uint8 (whole window at once;
+    OpenCV's same-type float ops into reused buffers: mixed uint8/float ones, or fresh
+    buffers' page faults, take several times as long)."""
     n, h, w = alpha.shape
-    a = alpha.reshape(n * h, w)
-    f, b = fg.reshape(n * h, w, 3), bg.reshape(n * h, w, 3)
-    diff = cv2.subtract(f, b, dtype=cv2.CV_32F)
-    diff = cv2.multiply(diff, cv2.merge([a, a, a]), scale=1.0 / 255.0, dtype=cv2.CV_32F)
-    return cv2.add(diff, b, dtype=cv2.CV_8U).reshape(n, h, w, 3)
+    f, b, a = (scratch.get(name, (n * h, w, 3)) for name in "fba")
+    np.copyto(f, fg.reshape(n * h, w, 3))
+    np.copyto(b, bg.reshape(n * h, w, 3))
+    np.copyto(a, alpha.reshape(n * h, w, 1))
+    cv2.subtract(f, b, dst=f)
+    cv2.multiply(f, a, dst=f, scale=1.0 / 255.0)
+    cv2.add(f, b, dst=f)
+    return cv2.convertScaleAbs(f).reshape(n, h, w, 3)  # rounds; all values are in 0..255
 
 
-def _finish(params: CompositeParams, out: np.ndarray, frames: range) -> None:
+def _finish(params: CompositeParams, out: np.ndarray, frames: range, scratch: Scratch) -> None:
     """Blur, per-frame noise and the global colour jitter, in place."""
     n, h, w = out.shape[:3]
     for k, f in enumerate(frames):
         if params.blur:
             cv2.GaussianBlur(out[k], (params.blur, params.blur), 0, dst=out[k])
         if params.noise:
-            noise = frame_rng(params.key, f).standard_normal((h, w, 3), dtype=np.float32)
-            cv2.add(out[k], noise * np.float32(params.noise), out[k], dtype=cv2.CV_8U)
+            noise = scratch.get("noise", (h, w, 3))
+            frame_rng(params.key, f).standard_normal(dtype=np.float32, out=noise)
+            noise *= np.float32(params.noise)
+            cv2.add(out[k], noise, out[k], dtype=cv2.CV_8U)
     _colour(out.reshape(n * h, w, 3), params.colour)
