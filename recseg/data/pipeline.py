@@ -243,16 +243,7 @@ def _make_clip(
     camera = CameraPath.draw(rng)
     bgs, offset = work.render(bg_name, camera, len(frames), rng)
     key: Key = source.key  # type: ignore[assignment]
-    shape = (len(frames), *work.size)
-    out, fgs = np.empty((*shape, 3), np.uint8), np.empty((*shape, 3), np.uint8)
-    labels, alphas = np.empty(shape, np.uint8), np.empty(shape, np.uint8)
-    for k, frame in enumerate(frames):
-        fg, alpha = key_frame(frame, key, work.size)
-        out[k], labels[k] = composite(fg, alpha, bgs[k])
-        alphas[k] = alpha_to_u8(alpha)
-        fgs[k] = extend_colour(fg, alphas[k])
-        outcome.uncertain += float(((alpha > 0.05) & (alpha < 0.95)).mean())
-        outcome.uncertain_frames += 1
+    out, labels, fgs, alphas = _key_clip(work, key, frames, bgs, outcome)
     true = _true_labels(work, source, src_idx)
     inter, union = _counts(true, labels)
     if work.cfg.labels == "truth":
@@ -285,6 +276,24 @@ def _make_clip(
     }
     write_clip(path, out, labels, meta, layers=(fgs, alphas))
     return meta
+
+
+def _key_clip(
+    work: Work, key: Key, frames: list[np.ndarray], bgs: np.ndarray, outcome: Outcome
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Key each frame: ``(fixed composite over bgs, labels, foreground colour extended past
+    the alpha edge, alpha uint8)``, all at the store size."""
+    shape = (len(frames), *work.size)
+    out, fgs = np.empty((*shape, 3), np.uint8), np.empty((*shape, 3), np.uint8)
+    labels, alphas = np.empty(shape, np.uint8), np.empty(shape, np.uint8)
+    for k, frame in enumerate(frames):
+        fg, alpha = key_frame(frame, key, work.size)
+        out[k], labels[k] = composite(fg, alpha, bgs[k])
+        alphas[k] = alpha_to_u8(alpha)
+        fgs[k] = extend_colour(fg, alphas[k])
+        outcome.uncertain += float(((alpha > 0.05) & (alpha < 0.95)).mean())
+        outcome.uncertain_frames += 1
+    return out, labels, fgs, alphas
 
 
 def _true_labels(work: Work, source: Source, src_idx: list[int]) -> np.ndarray | None:
