@@ -1,9 +1,11 @@
 """Part "loader": does the temporal loader keep up with training a MobileNetV2 model?
 
-Builds a synthetic clip store under ``args.work`` (photo content from scikit-image panning per
-frame under a moving elliptical foreground, so the JPEGs are realistic), times the training
-loader (``train=True``: augmentation on) at 270x512 with 0, 1 and 2 workers, and the frames/s
-one Deep+_mobile training step (forward, backward through time, SGD) consumes at the same size.
+Builds a synthetic clip store (version 2) under ``args.work`` (photo content from scikit-image
+panning per frame under a moving elliptical foreground, so the JPEGs are realistic; the
+foreground's layers and the photos as train backgrounds, so training composites on the fly),
+or takes ``--loader-store`` (e.g. one ``recseg preprocess`` made), times the training loader
+(``train=True``: augmentation on) with 0, 1 and 2 workers, and the frames/s one Deep+_mobile
+training step (forward, backward through time, SGD) consumes at the same size.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from skimage import data as skdata
 
 from benchmarks.common import TARGETS, Part, median, ratio
 from benchmarks.training import train_step_rate
+from recseg.data.backgrounds import encode_jpeg
 from recseg.data.loader import make_loader
-from recseg.data.store import ClipRecord, write_clip, write_manifest
+from recseg.data.store import ClipRecord, ClipStore, atomic_write_bytes, write_clip, write_manifest
 
 NAME = "loader"
 SIZE = (270, 512)  # H x W
@@ -49,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--loader-model", default="Deep+_mobile", help="model of the training step")
     g.add_argument(
+        "--loader-store",
+        type=Path,
+        default=None,
+        help="time this clip store (its train split, at its size) instead of a synthetic one",
+    )
+    g.add_argument(
         "--loader-train-steps",
         type=int,
         default=None,
@@ -63,25 +72,33 @@ def _cover(image: np.ndarray, h: int, w: int) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def _clip(clip: int, n: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` frames of a background panning under a moving foreground ellipse."""
-    photos = [skdata.coffee(), skdata.astronaut(), skdata.chelsea(), skdata.rocket()]
+def _photos() -> list[np.ndarray]:
+    return [skdata.coffee(), skdata.astronaut(), skdata.chelsea(), skdata.rocket()]
+
+
+def _clip(clip: int, n: int, h: int, w: int) -> tuple[np.ndarray, ...]:
+    """``n`` frames of a background panning under a moving foreground ellipse: the composite,
+    the labels, and the layers (the foreground photo, a soft alpha)."""
+    photos = _photos()
     margin = 40 + 2 * n
     bg = _cover(photos[clip % len(photos)], h + margin, w + margin)
     fg = _cover(photos[(clip + 1) % len(photos)], h, w)[:h, :w]
     frames = np.empty((n, h, w, 3), np.uint8)
     labels = np.zeros((n, h, w), np.uint8)
+    alpha = np.zeros((n, h, w), np.uint8)
     for f in range(n):
         dy, dx = f % margin, (2 * f + 7 * clip) % margin
         frames[f] = bg[dy : dy + h, dx : dx + w]
         centre = (int(w * (0.3 + 0.4 * f / n)), int(h * 0.55))
-        cv2.ellipse(labels[f], centre, (w // 8, h // 3), 10.0 * clip, 0, 360, 1, -1)
+        cv2.ellipse(alpha[f], centre, (w // 8, h // 3), 10.0 * clip, 0, 360, 255, -1, cv2.LINE_AA)
+        labels[f] = alpha[f] >= 128
         frames[f][labels[f] == 1] = fg[labels[f] == 1]
-    return frames, labels
+    return frames, labels, np.repeat(fg[None], n, axis=0), alpha
 
 
 def build_store(root: Path, clips: int, frames: int, size: tuple[int, int]) -> Path:
-    """Write a ``train`` split of ``clips`` clips x ``frames`` frames at ``size``."""
+    """Write a ``train`` split of ``clips`` clips x ``frames`` frames at ``size``, with layers
+    and the photos as train backgrounds."""
     h, w = size
     records = []
     for i in range(clips):
@@ -97,10 +114,17 @@ def build_store(root: Path, clips: int, frames: int, size: tuple[int, int]) -> P
             background="synthetic",
             fg_ratio=0.1,
             path=f"clips/train/bench{i}.npz",
+            layers=True,
         )
-        write_clip(root / rec.path, *_clip(i, frames, h, w), {"id": rec.id})
+        composite, labels, fg, alpha = _clip(i, frames, h, w)
+        write_clip(root / rec.path, composite, labels, {"id": rec.id}, layers=(fg, alpha))
         records.append(rec)
-    write_manifest(root, {"size": [h, w], "fps": 15}, records)
+    images = []
+    for k, photo in enumerate(_photos()):
+        images.append(f"backgrounds/photo{k}.jpg")
+        atomic_write_bytes(root / images[-1], encode_jpeg(_cover(photo, h, w)))
+    backgrounds = {"images": images, "videos": []}
+    write_manifest(root, {"size": [h, w], "fps": 15}, records, backgrounds=backgrounds)
     return root
 
 
@@ -121,7 +145,13 @@ def time_loader(root: Path, workers: int, epochs: int) -> dict[str, Any]:
             else:
                 frames += int(batch["valid"].sum())
         rates.append(frames / max(time.perf_counter() - start, 1e-9))
-    return {"batches": len(loader), "fps": median(rates), "epochs_fps": rates, "first": firsts}
+    return {
+        "batches": len(loader),
+        "fps": median(rates),
+        "epochs_fps": rates,
+        "first": firsts,
+        "on_the_fly": loader.composites_on_the_fly,
+    }
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -135,25 +165,43 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> Part:
-    """Loader frames/s per worker count and the training step's frames/s; figures
-    ``loader_frames_per_s`` (best worker count) and ``loader_over_train_step``."""
-    s = _settings(args)
+def _timed(args: argparse.Namespace, s: dict[str, Any]) -> tuple[dict[int, Any], str, float]:
+    """Loader timings per worker count, what was timed, and the store build seconds."""
+    if args.loader_store is not None:
+        store = ClipStore(args.loader_store)
+        h, w = store.size
+        timed = {n: time_loader(store.root, n, s["epochs"]) for n in s["workers"]}
+        return (
+            timed,
+            f"the train split of {store.root} (store version {store.version}) at {h}x{w}",
+            0.0,
+        )
     root = args.work / NAME
     shutil.rmtree(root, ignore_errors=True)
     try:
         t0 = time.perf_counter()
         build_store(root / "store", s["clips"], s["frames"], SIZE)
         built = time.perf_counter() - t0
-        timed = {w: time_loader(root / "store", w, s["epochs"]) for w in s["workers"]}
+        timed = {n: time_loader(root / "store", n, s["epochs"]) for n in s["workers"]}
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    what = f"{s['clips']} synthetic clips x {s['frames']} frames at {SIZE[0]}x{SIZE[1]}"
+    return timed, what, built
+
+
+def run(args: argparse.Namespace) -> Part:
+    """Loader frames/s per worker count and the training step's frames/s; figures
+    ``loader_frames_per_s`` (best worker count) and ``loader_over_train_step``."""
+    s = _settings(args)
+    timed, what, built = _timed(args, s)
+    size = ClipStore(args.loader_store).size if args.loader_store is not None else SIZE
     model = args.loader_model
-    step = train_step_rate(model, (BATCH, SEQ_LEN), SIZE, args.device, s["steps"])
+    step = train_step_rate(model, (BATCH, SEQ_LEN), size, args.device, s["steps"])
     train_fps, note = step["fps"], f"{s['steps']} step(s), {step['seconds']:.2f} s/step"
     best = max(timed, key=lambda w: timed[w]["fps"])
     best_fps = timed[best]["fps"]
     over = ratio(best_fps, train_fps)
+    fly = "composited on the fly" if timed[best]["on_the_fly"] else "fixed composites augmented"
     return Part(
         name=NAME,
         columns=["what", "workers", "frames/s", "first batch s", "x training step", "met"],
@@ -163,12 +211,11 @@ def run(args: argparse.Namespace) -> Part:
         ],
         figures={"loader_frames_per_s": best_fps, "loader_over_train_step": over},
         method=(
-            f"Training loader (augmentation on) over {s['clips']} synthetic clips x {s['frames']} "
-            f"frames at {SIZE[0]}x{SIZE[1]}, batch {BATCH} x seq-len {SEQ_LEN}: median frames/s "
-            f"of {s['epochs']} epoch(s) without each epoch's first batch (worker start-up), per "
-            f"worker count; training step = {model} as in the training part (forward + backward "
-            f"through time + Nesterov SGD, CrossDice) at the same size and B x T on "
-            f"{args.device.type}. Targets: loader >= "
+            f"Training loader (augmentation on: {fly}) over {what}, batch {BATCH} x seq-len "
+            f"{SEQ_LEN}: median frames/s of {s['epochs']} epoch(s) without each epoch's first "
+            f"batch (worker start-up), per worker count; training step = {model} as in the "
+            f"training part (forward + backward through time + Nesterov SGD, CrossDice) at the "
+            f"same size and B x T on {args.device.type}. Targets: loader >= "
             f"{TARGET_FPS:g} frames/s on 2 cores and >= {TARGET_RATIO:g}x the training step."
         ),
         details={

@@ -129,6 +129,8 @@ CASES = [
     case("prep-bad-videos", f"{PREP} --out {{tmp}}/s --videos {{w}}/badvids", "--videos", "bad"),
     case("prep-empty-bg", f"{PREP} --out {{tmp}}/s --backgrounds {{w}}/emptybgs", "empty.jpg"),
     case("prep-huge-bg", f"{PREP} --out {{tmp}}/s --backgrounds {{w}}/hugebgs", "huge.png"),
+    case("prep-junk-bg", f"{PREP} --out {{tmp}}/s --backgrounds {{w}}/junkbgs", "junkbgs",
+         "no images"),
     case("prep-read-only", f"{PREP} --out {{ro}}/s", "--out", "{ro}", "cannot write"),
     case("prep-out-under-file", f"{PREP} --out {{w}}/afile/s", "--out", "afile", "is a file"),
     case("prep-disk-full", f"{PREP} --out {{full}}/s", "writing", "{full}/s", **FULL),
@@ -246,6 +248,9 @@ def _media(w: Path) -> None:
         (w / f"{name[:-4]}bgs").mkdir()
         shutil.copy(w / "bgs" / "bg0.jpg", w / f"{name[:-4]}bgs" / "bg0.jpg")
         shutil.copy(w / name, w / f"{name[:-4]}bgs" / name)
+    (w / "junkbgs").mkdir()  # no image or video: notes and data only
+    (w / "junkbgs" / "notes.txt").write_text("not a background\n")
+    (w / "junkbgs" / "table.csv").write_text("a,b\n1,2\n")
     make_store(w / "store", train=(6, 6), val=(6,), test=(6,))
     shutil.copytree(w / "store", w / "damaged")  # a store with two clips damaged on disk
     for clip in ("train/train0.npz", "test/test0.npz"):

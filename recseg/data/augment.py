@@ -87,10 +87,18 @@ def sample_params(rng: np.random.Generator, size: tuple[int, int]) -> AugmentPar
 
 def _luts(params: AugmentParams) -> tuple[np.ndarray, np.ndarray]:
     """(HSV LUT for hue + saturation, RGB LUT for brightness + contrast), uint8, 256 entries."""
+    return colour_luts(params.brightness, params.contrast, params.saturation, params.hue)
+
+
+def colour_luts(
+    brightness: float, contrast: float, saturation: float, hue: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The lookup tables of a colour jitter: (HSV LUT for hue + saturation, RGB LUT for
+    brightness + contrast), uint8, 256 entries; ``hue`` is a fraction of the colour circle."""
     v = np.arange(256, dtype=np.float64)
-    hue = np.rint(v + params.hue * 180.0) % 180.0  # OpenCV 8-bit hue is 0..179
-    hsv = np.stack([hue, v * params.saturation, v], axis=-1)
-    rgb = (v * params.brightness - CONTRAST_PIVOT) * params.contrast + CONTRAST_PIVOT
+    hue_lut = np.rint(v + hue * 180.0) % 180.0  # OpenCV 8-bit hue is 0..179
+    hsv = np.stack([hue_lut, v * saturation, v], axis=-1)
+    rgb = (v * brightness - CONTRAST_PIVOT) * contrast + CONTRAST_PIVOT
     return _to_u8(hsv).reshape(256, 1, 3), _to_u8(rgb)
 
 
@@ -98,7 +106,7 @@ def _to_u8(a: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(a), 0, 255).astype(np.uint8)
 
 
-def _colour(frames: np.ndarray, hsv_lut: np.ndarray, rgb_lut: np.ndarray) -> None:
+def colour(frames: np.ndarray, hsv_lut: np.ndarray, rgb_lut: np.ndarray) -> None:
     """Colour-jitter RGB ``frames`` in place; ``frames`` is one contiguous image (a window is
     passed as ``(n*H, W, 3)``: the map is per pixel, so one call per window suffices)."""
     hsv = cv2.cvtColor(frames, cv2.COLOR_RGB2HSV)
@@ -124,7 +132,7 @@ def apply(
         for i in range(n):
             cv2.warpAffine(frames[i], matrix, (w, h), out_f[i], linear, BORDER)
             cv2.warpAffine(labels[i], matrix, (w, h), out_l[i], nearest, BORDER)
-    _colour(out_f.reshape(n * h, w, 3), *_luts(params))
+    colour(out_f.reshape(n * h, w, 3), *_luts(params))
     return out_f, out_l
 
 

@@ -173,3 +173,37 @@ def composite(
     out += (fg.astype(np.float32) - out) * a
     label = (alpha >= 0.5).astype(np.uint8)
     return np.clip(out + 0.5, 0, 255).astype(np.uint8), label
+
+
+def alpha_to_u8(alpha: np.ndarray) -> np.ndarray:
+    """Alpha in [0, 1] as uint8 0..255 (rounded; ``>= 128`` exactly where alpha >= 0.5)."""
+    return np.clip(np.rint(alpha * np.float32(255.0)), 0, 255).astype(np.uint8)
+
+
+def extend_colour(fg: np.ndarray, alpha: np.ndarray, smallest: int = 8) -> np.ndarray:
+    """``fg`` (H, W, 3) uint8 where ``alpha`` (uint8) > 0, and a smooth continuation of its
+    colour elsewhere (push-pull: the alpha-premultiplied colour averaged down a Gaussian
+    pyramid, then composited back up). JPEG then does not bleed the empty area into the
+    person's edge, and a warp's bilinear samples at the edge see the person's own colours."""
+    inside = alpha > 0
+    if inside.all() or not inside.any():
+        return fg
+    w = alpha.astype(np.float32)
+    w *= np.float32(1.0 / 255.0)
+    cw = cv2.merge([*cv2.split(cv2.multiply(fg, cv2.merge([w, w, w]), dtype=cv2.CV_32F)), w])
+    levels = [cv2.pyrDown(cw)]  # premultiplied colour and weight, halved until small
+    while min(levels[-1].shape[:2]) > smallest:
+        levels.append(cv2.pyrDown(levels[-1]))
+    total = cv2.sumElems(cw)
+    mean = np.array(total[:3], np.float32) / max(total[3], 1e-6)
+    eps = np.float32(1e-3)
+    top = levels[-1]
+    fill = (top[..., :3] + mean * eps) / (top[..., 3:] + eps)
+    for level in reversed(levels[:-1]):
+        up = cv2.pyrUp(fill, dstsize=level.shape[1::-1])
+        fill = level[..., :3] + up * (1.0 - level[..., 3:])
+    # at full size the weight is 0 outside the alpha: the fill there is the upsampled one
+    out = cv2.pyrUp(fill, dstsize=fg.shape[1::-1])
+    out = cv2.convertScaleAbs(out)  # rounds and saturates to uint8
+    cv2.copyTo(fg, inside.view(np.uint8), out)
+    return out

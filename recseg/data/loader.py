@@ -9,7 +9,11 @@ clip of the epoch's order (training: shuffled from ``(seed, epoch)``; evaluation
 * Training: windows tile a clip from frame 0 in steps of ``T``; a tail shorter than ``T`` is
   dropped and a clip shorter than ``T`` is skipped. The epoch ends at the first step where a
   lane needs a clip and none is left (the other lanes' unfinished clips are dropped).
-  Each clip gets one set of augmentation parameters per epoch (``recseg.data.augment``).
+  Each clip gets one set of augmentation parameters per epoch. A clip with layers (store
+  version 2) is composited on the fly (``recseg.data.composite``, ``recseg.data.layers``): its
+  foreground over a background drawn afresh each epoch; a clip without (a version-1 store)
+  augments its fixed composite (``recseg.data.augment``). ``augment=False`` reads the fixed
+  composite as it is.
 * Evaluation (``train=False``): every frame is covered exactly once; a clip's last window and
   lanes with nothing left are padded (zero frames, label ``IGNORE``, ``valid`` False).
 
@@ -41,6 +45,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from recseg.data import augment as aug
+from recseg.data.composite import CompositeParams
+from recseg.data.layers import Compositor
 from recseg.data.sampler import LaneSampler, Plan, Window, clip_windows
 from recseg.data.store import ClipFile, ClipRecord, ClipStore
 from recseg.errors import InputError
@@ -74,6 +80,9 @@ class WindowDataset(Dataset[dict[str, Any]]):
         self.seq_len = seq_len
         self.cache_clips = max(1, cache_clips)
         self._open: collections.OrderedDict[int, ClipFile] = collections.OrderedDict()
+        self.compositor = Compositor(
+            store.backgrounds("images"), store.backgrounds("videos"), store.size, self.cache_clips
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -97,10 +106,13 @@ class WindowDataset(Dataset[dict[str, Any]]):
     def _read(self, win: Window) -> tuple[np.ndarray, np.ndarray]:
         clip = self._clip(win.clip)
         stop = win.start + win.length
-        frames, labels = clip.frames(win.start, stop), clip.labels(win.start, stop)
-        if len(frames) != win.length:
+        if stop > len(clip):
             raise InputError(f"{clip.path}: has {len(clip)} frames, fewer than the store says")
-        frames, labels = aug.apply(frames, labels, win.augment)
+        if isinstance(win.augment, CompositeParams):
+            frames, labels = self.compositor.window(win.augment, clip, win.start, stop)
+        else:
+            frames, labels = clip.frames(win.start, stop), clip.labels(win.start, stop)
+            frames, labels = aug.apply(frames, labels, win.augment)
         return aug.resize_window(frames, labels, self.size)
 
     def __getitem__(self, plan: Plan) -> dict[str, Any]:
@@ -216,6 +228,11 @@ class TemporalLoader:
             train=train,
             augment=augment,
             size=self.store.size,
+            layers=[r.layers for r in records],
+            backgrounds=(
+                len(self.store.backgrounds("images")),
+                len(self.store.backgrounds("videos")),
+            ),
         )
         self._check_clips(records)
         self.dataset = WindowDataset(
@@ -260,6 +277,13 @@ class TemporalLoader:
         """The batch frame size ``(h, w)``."""
         return self.dataset.size
 
+    @property
+    def composites_on_the_fly(self) -> bool:
+        """Whether training composites the clips' layers over fresh backgrounds (a store of
+        version 2 with train backgrounds, ``train`` and ``augment`` on); False: the fixed
+        composites are read (and, with ``augment``, augmented)."""
+        return self.sampler.composite
+
     def __len__(self) -> int:
         return len(self.sampler.plans(self.epoch))
 
@@ -301,12 +325,14 @@ class TemporalLoader:
             "clips": len(s.lengths),
             "frames": sum(s.lengths),
             "size": list(self.size),
+            "composite": self.composites_on_the_fly,
         }
 
     def state_dict(self) -> dict[str, Any]:
         """``seed``, ``epoch``, ``step`` (batches already yielded this epoch) and the settings
         that must match on load (``split``, ``train``, ``augment``, ``batch_size``,
-        ``seq_len``, ``clips``, ``frames``, ``size`` as ``[h, w]``). Saved after an epoch's last
+        ``seq_len``, ``clips``, ``frames``, ``size`` as ``[h, w]``, ``composite``: whether it
+        composites on the fly). Saved after an epoch's last
         batch, ``step`` equals ``len(self)``: the resumed loader's next iteration yields nothing,
         then advances."""
         return {"seed": self.seed, "epoch": self.epoch, "step": self.step, **self._identity()}

@@ -1,4 +1,5 @@
-"""The per-video work of ``recseg preprocess``: decode, key, composite, write clips."""
+"""The per-video work of ``recseg preprocess``: decode, key, composite, write clips (the fixed
+composite, the labels, and the layers the training loader composites on the fly)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,17 @@ import numpy as np
 from tqdm import tqdm
 
 from recseg.config import parse_size
-from recseg.data.backdrop import CameraPath, fit_background, load_image, render_background
-from recseg.data.chroma import Key, composite, key_frame
+from recseg.data.backdrop import (
+    CameraPath,
+    fit_background,
+    is_video,
+    load_image,
+    load_video,
+    render_background,
+    render_video_background,
+)
+from recseg.data.backgrounds import VIDEO_SECONDS, store_backgrounds
+from recseg.data.chroma import Key, alpha_to_u8, composite, extend_colour, key_frame
 from recseg.data.sources import Source
 from recseg.data.store import MANIFEST, ClipRecord, atomic_write_json, read_meta, write_clip
 from recseg.data.video import VideoError, crop_box, decode, fit_size, resampled
@@ -33,6 +43,7 @@ class Work:
     backgrounds: dict[str, list[str]]
     truth_dir: Path | None
     _cache: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    _videos: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     _truth: tuple[Path, np.ndarray] | None = None
 
     @functools.cached_property
@@ -48,13 +59,33 @@ class Work:
         return self._truth[1]
 
     def background(self, name: str) -> np.ndarray:
-        """A background image fitted to the store size (cached)."""
-        if name not in self._cache:
-            if len(self._cache) > 16:
-                self._cache.clear()
-            image = load_image(self.backgrounds_dir / name)
-            self._cache[name] = fit_background(image, self.size)
-        return self._cache[name]
+        """A background fitted to the store size (cached): an image (H, W, 3), or a video's
+        first ``VIDEO_SECONDS`` at the store's frame rate (N, H, W, 3)."""
+        cache, limit = (self._videos, 2) if is_video(name) else (self._cache, 16)
+        if name not in cache:
+            if len(cache) >= limit:
+                cache.clear()
+            path = self.backgrounds_dir / name
+            if is_video(name):
+                cache[name] = load_video(path, self.size, self.cfg.fps, VIDEO_SECONDS)
+            else:
+                cache[name] = fit_background(load_image(path), self.size)
+        return cache[name]
+
+    def render(
+        self, name: str, camera: CameraPath, n_frames: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, int | None]:
+        """A clip's moving background and, for a video, the frame it starts at (drawn)."""
+        if not is_video(name):
+            return render_background(self.background(name), self.size, camera, n_frames), None
+        frames = self.background(name)
+        offset = int(rng.integers(len(frames)))
+        return render_video_background(frames, self.size, camera, n_frames, offset), offset
+
+    def store_backgrounds(self) -> dict[str, list[str]]:
+        """Copy the train backgrounds into the store (see ``recseg.data.backgrounds``)."""
+        names = self.backgrounds["train"]
+        return store_backgrounds(self.root, names, self.background, float(self.cfg.fps))
 
 
 @dataclasses.dataclass
@@ -210,15 +241,9 @@ def _make_clip(
     choices = work.backgrounds[split]
     bg_name = choices[int(rng.integers(len(choices)))]
     camera = CameraPath.draw(rng)
-    bgs = render_background(work.background(bg_name), work.size, camera, len(frames))
+    bgs, offset = work.render(bg_name, camera, len(frames), rng)
     key: Key = source.key  # type: ignore[assignment]
-    out = np.empty((len(frames), *work.size, 3), np.uint8)
-    labels = np.empty((len(frames), *work.size), np.uint8)
-    for k, frame in enumerate(frames):
-        fg, alpha = key_frame(frame, key, work.size)
-        out[k], labels[k] = composite(fg, alpha, bgs[k])
-        outcome.uncertain += float(((alpha > 0.05) & (alpha < 0.95)).mean())
-        outcome.uncertain_frames += 1
+    out, labels, fgs, alphas = _key_clip(work, key, frames, bgs, outcome)
     true = _true_labels(work, source, src_idx)
     inter, union = _counts(true, labels)
     if work.cfg.labels == "truth":
@@ -239,16 +264,36 @@ def _make_clip(
         fg_ratio=float(labels.mean()),
         path=str(path.relative_to(work.root)),
         key_iou=(inter / union) if union else None,
+        layers=True,
     )
     meta = {
         "record": record.to_dict(),
         "source_frames": [int(i) for i in src_idx],
         "camera": dataclasses.asdict(camera),
+        **({"background_offset": offset} if offset is not None else {}),
         "intersection": inter,
         "union": union,
     }
-    write_clip(path, out, labels, meta)
+    write_clip(path, out, labels, meta, layers=(fgs, alphas))
     return meta
+
+
+def _key_clip(
+    work: Work, key: Key, frames: list[np.ndarray], bgs: np.ndarray, outcome: Outcome
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Key each frame: ``(fixed composite over bgs, labels, foreground colour extended past
+    the alpha edge, alpha uint8)``, all at the store size."""
+    shape = (len(frames), *work.size)
+    out, fgs = np.empty((*shape, 3), np.uint8), np.empty((*shape, 3), np.uint8)
+    labels, alphas = np.empty(shape, np.uint8), np.empty(shape, np.uint8)
+    for k, frame in enumerate(frames):
+        fg, alpha = key_frame(frame, key, work.size)
+        out[k], labels[k] = composite(fg, alpha, bgs[k])
+        alphas[k] = alpha_to_u8(alpha)
+        fgs[k] = extend_colour(fg, alphas[k])
+        outcome.uncertain += float(((alpha > 0.05) & (alpha < 0.95)).mean())
+        outcome.uncertain_frames += 1
+    return out, labels, fgs, alphas
 
 
 def _true_labels(work: Work, source: Source, src_idx: list[int]) -> np.ndarray | None:

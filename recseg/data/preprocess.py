@@ -1,10 +1,12 @@
 """``recseg preprocess``: greenscreen videos -> keyed, composited clips in a clip store.
 
+First the train backgrounds are copied into the store (fitted; see ``recseg.data.backgrounds``).
 Per video: decode with PyAV, resample to ``--fps``, cut into clips of ``--clip-seconds``
 (a tail shorter than a clip is dropped), crop/resize to ``--size``, key each frame (soft alpha,
-despill), composite it over a moving background from the video's split, and write the clip file
-atomically. A re-run on the same ``--out`` keeps the split plan and every finished clip, and
-continues where it stopped; ``store.json`` appears only when every usable video is done.
+despill), composite it over a moving background from the video's split (the fixed composite),
+and write the clip file atomically with the keyed layers (foreground colour, alpha). A re-run
+on the same ``--out`` keeps the split plan and every finished clip, and continues where it
+stopped; ``store.json`` appears only when every usable video is done.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from recseg.data.store import ClipRecord, atomic_write_json, write_manifest
 from recseg.data.video import VideoError
 from recseg.errors import InputError
 
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: foreground layers, backgrounds (and background videos) in the store
 
 
 def _fps_check(value: float) -> str | None:
@@ -59,7 +61,11 @@ class PreprocessConfig:
         )
     )
     backgrounds: str = dataclasses.field(
-        metadata=option("Folder of background images (split: train vs val/test).", mltype="path")
+        metadata=option(
+            "Folder of background images and videos (split: train vs val/test; the train ones "
+            "are copied into the store).",
+            mltype="path",
+        )
     )
     out: str = dataclasses.field(
         metadata=option("Store folder to write (re-run to resume).", check=accepts(_out_ok))
@@ -272,10 +278,11 @@ def _write_store(job: Prepared, warn: Callable[[str], None], progress: bool) -> 
     atomic_write_json(root / "plan.json", job.plan)
     pipeline.remove_stale_temp_files(root)
     work = pipeline.Work(cfg, root, Path(cfg.backgrounds), job.plan["backgrounds"], job.truth)
+    stored = work.store_backgrounds()
     outcome = pipeline.process_all(work, job.sources, job.splits, progress=progress, warn=warn)
     skipped = {**job.skipped, **outcome.problems}
     extra = {"skipped": skipped, "key": outcome.key_summary()}
-    manifest = write_manifest(root, cfg.settings(), outcome.records, extra=extra)
+    manifest = write_manifest(root, cfg.settings(), outcome.records, extra, stored)
     return PreprocessResult(
         root=root,
         manifest=manifest,

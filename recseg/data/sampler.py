@@ -12,8 +12,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from recseg.data import augment as aug
+from recseg.data import composite
 
-_ORDER, _AUGMENT = 0, 1  # stream tags for the seed derivation
+_ORDER, _AUGMENT, _COMPOSITE = 0, 1, 2  # stream tags for the seed derivation (3: noise)
+Params = aug.AugmentParams | composite.CompositeParams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,13 +23,14 @@ class Window:
     """One lane's part of a step: frames ``[start, start + length)`` of clip ``clip``.
 
     ``clip`` indexes the split's clips in store order (-1: padding, nothing left for the lane);
-    ``length`` < ``seq_len`` only for an evaluation clip's last window."""
+    ``length`` < ``seq_len`` only for an evaluation clip's last window. ``augment``: the clip's
+    augmentation of its fixed composite, or its on-the-fly composite, or None."""
 
     clip: int
     start: int
     length: int
     reset: bool
-    augment: aug.AugmentParams | None = None
+    augment: Params | None = None
 
 
 Plan = tuple[Window, ...]
@@ -67,7 +70,9 @@ def _greedy(
 class LaneSampler:
     """Builds each epoch's list of plans (one ``Plan`` of ``batch_size`` windows per step).
 
-    ``lengths``: frames per clip, in store order; ``size``: ``(H, W)`` for augmentation."""
+    ``lengths``: frames per clip, in store order; ``size``: ``(H, W)`` for augmentation.
+    Training with augmentation composites a clip on the fly when ``layers[clip]`` and the store
+    has train ``backgrounds = (images, videos)``; other clips augment their fixed composite."""
 
     def __init__(
         self,
@@ -79,6 +84,8 @@ class LaneSampler:
         train: bool = True,
         augment: bool | None = None,
         size: tuple[int, int],
+        layers: Sequence[bool] | None = None,
+        backgrounds: tuple[int, int] = (0, 0),
     ):
         self.lengths = [int(n) for n in lengths]
         self.batch_size = batch_size
@@ -87,8 +94,15 @@ class LaneSampler:
         self.train = train
         self.augment = train if augment is None else bool(augment)
         self.size = size
+        self.layers = [bool(x) for x in layers] if layers is not None else [False] * len(lengths)
+        self.backgrounds = (int(backgrounds[0]), int(backgrounds[1]))
         self.windows = [clip_windows(n, seq_len, train) for n in self.lengths]
         self._cache: tuple[tuple[int, int], list[Plan]] | None = None
+
+    @property
+    def composite(self) -> bool:
+        """Whether training composites the clips with layers on the fly."""
+        return self.train and self.augment and any(self.layers) and sum(self.backgrounds) > 0
 
     @property
     def usable(self) -> list[int]:
@@ -103,10 +117,15 @@ class LaneSampler:
         perm = _rng(self.seed, epoch, _ORDER).permutation(len(usable))
         return [usable[i] for i in perm]
 
-    def params(self, epoch: int, clip: int) -> aug.AugmentParams | None:
-        """Clip ``clip``'s augmentation in ``epoch`` (``None`` without augmentation)."""
+    def params(self, epoch: int, clip: int) -> Params | None:
+        """Clip ``clip``'s augmentation in ``epoch``: its composite (``CompositeParams``), or
+        the augmentation of its fixed composite (``AugmentParams``), or ``None``."""
         if not self.augment:
             return None
+        if self.composite and self.layers[clip]:
+            rng = _rng(self.seed, epoch, _COMPOSITE, clip)
+            key = (self.seed, epoch, clip)
+            return composite.draw(rng, self.size, *self.backgrounds, key=key)
         return aug.sample_params(_rng(self.seed, epoch, _AUGMENT, clip), self.size)
 
     def plans(self, epoch: int) -> list[Plan]:

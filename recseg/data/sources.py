@@ -12,7 +12,7 @@ import dataclasses
 import random
 from pathlib import Path
 
-from recseg.data.backdrop import list_images, load_image
+from recseg.data.backdrop import check_background, list_backgrounds
 from recseg.data.chroma import Key, estimate_key
 from recseg.data.store import SPLITS
 from recseg.data.video import VIDEO_SUFFIXES, VideoError, VideoInfo, decode, probe
@@ -107,17 +107,17 @@ def split_videos(
 
 
 def split_backgrounds(folder: str | Path, seed: int) -> dict[str, list[str]]:
-    """Background file names (relative to ``folder``) per split; train never shares with
-    val/test. Every image is decoded once here, so a broken one stops the run before any
-    clip is written."""
+    """Background file names (images and videos, relative to ``folder``) per split; train never
+    shares with val/test. Every image is decoded once here (and every video's first frame), so
+    a broken one stops the run before any clip is written."""
     folder = Path(folder)
-    files = list_images(folder)
+    files = list_backgrounds(folder)
     for path in files:
-        load_image(path)
+        check_background(path)
     if len(files) < 2:
         raise InputError(
-            f"--backgrounds {folder}: need at least 2 images so that train and val/test "
-            f"backgrounds differ, found {len(files)}"
+            f"--backgrounds {folder}: need at least 2 images or videos so that train and "
+            f"val/test backgrounds differ, found {len(files)}"
         )
     names = [str(p.relative_to(folder)) for p in files]
     random.Random(seed).shuffle(names)

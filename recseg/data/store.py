@@ -5,38 +5,52 @@ Layout of a store folder::
     store.json                   manifest, written last: settings, splits, clip records, totals
     plan.json                    which video / background goes to which split (resume keeps it)
     clips/<split>/<clip>.npz     one file per clip, written to a temp name and renamed
+    backgrounds/<name>.jpg|.npz  the train backgrounds (images; videos as JPEG frames), fitted
 
-A clip file holds the composited frames as JPEG (quality ``JPEG_QUALITY``, one image per frame,
+A clip file holds the fixed composite as JPEG (quality ``JPEG_QUALITY``, one image per frame,
 concatenated, with offsets) and the labels losslessly: one bit per pixel (``np.packbits``),
-zlib-compressed. A 4 s clip at 15 fps and 270x512 is about 2 MB instead of 25 MB raw, and a
-window of frames decodes with OpenCV in a few milliseconds. Only complete clip files exist under
+zlib-compressed. Version 2 adds the layers the training loader composites on the fly: the keyed,
+despilled foreground colour (JPEG, ``fg_jpeg`` + ``fg_offsets``) and the soft alpha (uint8
+0..255, zlib). A 4 s clip at 15 fps and 270x512 is a few MB instead of 25 MB raw per layer, and
+a window of frames decodes with OpenCV in a few milliseconds. Only complete files exist under
 their final name, and only a finished run writes ``store.json``: a reader never sees half a clip.
+Version-1 stores (no layers, no backgrounds) are still read.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import tempfile
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from recseg.data.clipfile import (
+    JPEG_QUALITY,
+    ClipFile,
+    FrameFile,
+    encode_clip,
+    encode_frames,
+    read_clip,
+    read_meta,
+)
 from recseg.errors import InputError
 
+__all__ = [
+    "FORMAT", "JPEG_QUALITY", "MANIFEST", "READS", "SPLITS", "VERSION", "ClipFile", "ClipRecord",
+    "ClipStore", "FrameFile", "atomic_write_bytes", "atomic_write_json", "encode_clip",
+    "encode_frames", "read_clip", "read_meta", "write_clip", "write_manifest",
+]  # fmt: skip
+
 FORMAT = "recseg-clip-store"
-VERSION = 1
-JPEG_QUALITY = 95
+VERSION = 2  # 2: foreground layers in clip files, train backgrounds in the store
+READS = (1, 2)  # store versions this recseg reads
 SPLITS = ("train", "val", "test")
 MANIFEST = "store.json"
-# OpenCV >= 4.10 decodes straight to RGB: the same pixels as BGR + cvtColor, one pass less.
-_DECODE = getattr(cv2, "IMREAD_COLOR_RGB", cv2.IMREAD_COLOR)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +69,7 @@ class ClipRecord:
     fg_ratio: float
     path: str  # relative to the store root
     key_iou: float | None = None
+    layers: bool = False  # the clip file holds foreground colour + alpha (store version 2)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -104,99 +119,15 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=False) + "\n").encode())
 
 
-def encode_clip(frames: np.ndarray, labels: np.ndarray, meta: dict[str, Any]) -> bytes:
-    """The bytes of a clip file: ``frames`` (N,H,W,3) RGB uint8, ``labels`` (N,H,W) 0/1."""
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be (N,H,W,3) uint8, got {frames.shape} {frames.dtype}")
-    if labels.shape != frames.shape[:3]:
-        raise ValueError(f"labels {labels.shape} do not match frames {frames.shape[:3]}")
-    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
-    chunks = []
-    for frame in frames:
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), params)
-        if not ok:
-            raise RuntimeError("OpenCV could not JPEG-encode a frame")
-        chunks.append(buf.reshape(-1))
-    offsets = np.cumsum([0] + [len(c) for c in chunks]).astype(np.int64)
-    packed = np.packbits(labels.reshape(len(labels), -1).astype(bool), axis=1)
-    out = io.BytesIO()
-    np.savez(
-        out,
-        jpeg=np.concatenate(chunks) if chunks else np.zeros(0, np.uint8),
-        offsets=offsets,
-        labels=np.frombuffer(zlib.compress(packed.tobytes(), 1), np.uint8),
-        shape=np.array(labels.shape, np.int64),
-        meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
-    )
-    return out.getvalue()
-
-
 def write_clip(
-    path: str | Path, frames: np.ndarray, labels: np.ndarray, meta: dict[str, Any]
+    path: str | Path,
+    frames: np.ndarray,
+    labels: np.ndarray,
+    meta: dict[str, Any],
+    layers: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """Write one clip file atomically (see ``encode_clip``)."""
-    atomic_write_bytes(path, encode_clip(frames, labels, meta))
-
-
-def read_meta(path: str | Path) -> dict[str, Any]:
-    """The metadata of a clip file without decoding its frames or labels."""
-    with np.load(path) as data:
-        return json.loads(data["meta"].tobytes().decode())
-
-
-class ClipFile:
-    """A clip file loaded into memory; decodes any range of frames on demand."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        try:
-            with np.load(self.path) as data:
-                self._jpeg = data["jpeg"]
-                self._offsets = data["offsets"]
-                self._packed = data["labels"]
-                self.shape = tuple(int(x) for x in data["shape"])
-                self.meta = json.loads(data["meta"].tobytes().decode())
-        except (OSError, ValueError, KeyError) as exc:
-            reason = str(exc).split(". ")[0] if "allow_pickle" in str(exc) else str(exc)
-            raise InputError(
-                f"{self.path}: damaged or not a recseg clip file ({reason}); re-run "
-                "`recseg preprocess` to remake it"
-            ) from None
-        self._labels: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def labels(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Labels ``[start, stop)`` as (n,H,W) uint8 0/1."""
-        if self._labels is None:
-            n, h, w = self.shape
-            packed = np.frombuffer(zlib.decompress(self._packed.tobytes()), np.uint8)
-            bits = np.unpackbits(packed.reshape(n, -1), axis=1, count=h * w)
-            self._labels = bits.reshape(n, h, w)
-        return self._labels[start:stop]
-
-    def frames(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Frames ``[start, stop)`` as (n,H,W,3) RGB uint8."""
-        idx = range(len(self))[start:stop]
-        _, h, w = self.shape
-        out = np.empty((len(idx), h, w, 3), np.uint8)
-        for k, i in enumerate(idx):
-            buf = self._jpeg[self._offsets[i] : self._offsets[i + 1]]
-            image = cv2.imdecode(buf, _DECODE)
-            if image is None:
-                raise InputError(f"{self.path}: frame {i} does not decode")
-            if _DECODE == cv2.IMREAD_COLOR:
-                cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=out[k])
-            else:
-                out[k] = image
-        return out
-
-
-def read_clip(path: str | Path, start: int = 0, stop: int | None = None):
-    """``(frames (n,H,W,3) RGB uint8, labels (n,H,W) uint8)`` of frames ``[start, stop)``."""
-    clip = ClipFile(path)
-    return clip.frames(start, stop), clip.labels(start, stop)
+    atomic_write_bytes(path, encode_clip(frames, labels, meta, layers))
 
 
 class ClipStore:
@@ -216,12 +147,22 @@ class ClipStore:
             self.manifest = json.loads(manifest.read_text())
         except (OSError, ValueError) as exc:
             raise InputError(f"{manifest}: unreadable ({exc})") from None
-        if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
-            raise InputError(f"{manifest}: not a version-{VERSION} recseg clip store")
+        _check_version(manifest, self.manifest)
         self.splits: dict[str, list[ClipRecord]] = {
             split: [ClipRecord.from_dict(c) for c in self.manifest["splits"].get(split, [])]
             for split in SPLITS
         }
+
+    @property
+    def version(self) -> int:
+        """The store format version (1 or 2)."""
+        return int(self.manifest["version"])
+
+    def backgrounds(self, kind: str) -> list[Path]:
+        """The store's train backgrounds of ``kind`` (``images`` or ``videos``), absolute paths
+        (none in a version-1 store)."""
+        listed = self.manifest.get("backgrounds", {}).get(kind, [])
+        return [self.root / rel for rel in listed]
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -249,10 +190,32 @@ class ClipStore:
         return ClipFile(self.path(record))
 
 
+def _check_version(path: Path, manifest: Any) -> None:
+    """``InputError`` unless ``manifest`` is a clip store this recseg reads."""
+    version = manifest.get("version") if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise InputError(f"{path}: not a recseg clip store")
+    if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
+        raise InputError(
+            f"{path}: made by a newer recseg (store version {version}); this recseg reads "
+            f"versions {READS[0]}-{READS[-1]}"
+        )
+    if version not in READS:
+        raise InputError(
+            f"{path}: unknown store version {version!r}; this recseg reads versions "
+            f"{READS[0]}-{READS[-1]}"
+        )
+
+
 def write_manifest(
-    root: str | Path, settings: dict[str, Any], records: list[ClipRecord], extra: dict | None = None
+    root: str | Path,
+    settings: dict[str, Any],
+    records: list[ClipRecord],
+    extra: dict | None = None,
+    backgrounds: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """Write ``store.json`` (atomically) for ``records``; returns the manifest."""
+    """Write ``store.json`` (atomically) for ``records`` and the stored train ``backgrounds``
+    (``{"images": [...], "videos": [...]}``, paths relative to the root); returns it."""
     splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for rec in records:
         splits[rec.split].append(rec.to_dict())
@@ -270,6 +233,7 @@ def write_manifest(
         "jpeg_quality": JPEG_QUALITY,
         "settings": settings,
         "totals": totals,
+        "backgrounds": {k: list((backgrounds or {}).get(k, [])) for k in ("images", "videos")},
         **(extra or {}),
         "splits": splits,
     }

@@ -31,6 +31,9 @@ def preprocess_metrics(result) -> dict[str, float]:
         metrics["fg_ratio"] = sum(r.fg_ratio * r.frames for r in result.records) / total
     if result.key_iou is not None:
         metrics["key_fg_iou"] = result.key_iou
+    stored = result.manifest.get("backgrounds", {})
+    metrics["train_background_images"] = len(stored.get("images", []))
+    metrics["train_background_videos"] = len(stored.get("videos", []))
     metrics["skipped_videos"] = len(result.skipped)
     metrics["seconds"] = result.seconds
     if result.frames_processed:

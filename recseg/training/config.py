@@ -247,7 +247,12 @@ class TrainConfig:
     norm: str = norm_field()
     faithful: bool = faithful_field()
     augment: bool = dataclasses.field(
-        default=True, metadata=option("Augment training clips (one draw per clip and epoch).")
+        default=True,
+        metadata=option(
+            "Augment training clips (one draw per clip and epoch): composite each clip's "
+            "person over a fresh background (stores made by this recseg), else augment the "
+            "fixed composite."
+        ),
     )
     amp: bool = dataclasses.field(
         default=True, metadata=option("Mixed precision (float16) when training on CUDA.")

@@ -79,6 +79,25 @@ def _lanes(cfg: TrainConfig, store: ClipStore, warn: Callable[[str], None]) -> i
     return cfg.batch_size
 
 
+def _warn_fixed_composites(
+    cfg: TrainConfig, store: ClipStore, loader: TemporalLoader, warn: Callable[[str], None]
+) -> None:
+    """Say once when augmented training cannot composite on the fly (an older store)."""
+    if not cfg.augment or loader.composites_on_the_fly:
+        return
+    if not any(r.layers for r in store.clips("train")):
+        warn(
+            f"{cfg.data} was made by an older recseg and has no foreground layers: training "
+            "augments its fixed composites; re-run `recseg preprocess` into a new --out to "
+            "composite on the fly"
+        )
+    else:
+        warn(
+            f"{cfg.data} has no train backgrounds: training augments its fixed composites; "
+            "re-run `recseg preprocess` into a new --out to composite on the fly"
+        )
+
+
 def _loaders(
     cfg: TrainConfig, store: ClipStore, lanes: int
 ) -> tuple[TemporalLoader, TemporalLoader]:
@@ -108,6 +127,7 @@ def build_setup(cfg: TrainConfig, warn: Callable[[str], None] = print) -> Setup:
     device = pick_device(cfg.device)
     lanes = _lanes(cfg, store, warn)
     train_loader, val_loader = _loaders(cfg, store, lanes)
+    _warn_fixed_composites(cfg, store, train_loader, warn)
     seed_everything(cfg.seed)
     model = build_model(
         cfg.model,
@@ -131,6 +151,7 @@ def build_setup(cfg: TrainConfig, warn: Callable[[str], None] = print) -> Setup:
         "resolved_lr_min": lr_min,
         "resolved_batch_size": lanes,
         "resolved_size": f"{h}x{w}",
+        "composite_on_the_fly": train_loader.composites_on_the_fly,
         "steps_per_epoch": steps_per_epoch[0],
         "total_steps": total,
         "cycle_steps": cycle,
