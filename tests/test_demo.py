@@ -16,6 +16,7 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
+from recseg.cli.demo import user_videos
 from recseg.data.video import decode, probe
 from tests.browser import artifacts_dir, unavailable
 from tests.media import run_recseg
@@ -23,7 +24,7 @@ from tests.mlflow_ui import ShownRun, check_mlflow_ui
 from tests.servers import Server
 
 pytestmark = pytest.mark.slow
-MODELS = ("Deep+_mobile", "Deep_mobile_gruV3")
+MODELS = ("Deep+_mobile", "Deep_mobile_gruV1")
 COMPARE = re.compile(r"^  (http://\S+/#/compare-runs\?\S+)$", re.M)
 
 
@@ -67,11 +68,13 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
 
 
 def test_demo_runs_every_step_and_prints_where_to_look(demo: Demo) -> None:
-    """Seven numbered steps, each shown as a recseg command; the outputs exist and play; the
-    two runs are trained, evaluated and one is the champion; the UI address names both."""
-    steps = re.findall(r"^demo \[(\d)/7\] (.+)$", demo.stdout, re.M)
-    assert [int(i) for i, _ in steps] == list(range(1, 8)), demo.stdout
-    assert len(re.findall(r"^  \$ recseg ", demo.stdout, re.M)) == 7
+    """Ten numbered steps, each shown as a recseg command; the outputs exist and play; the
+    two runs are trained (the recurrent one warm-started from the plain one), evaluated and
+    one is the champion, scored on the held-out set too; the UI address names both runs."""
+    total = 10 + len(user_videos(""))  # + a segment step per real video found on the machine
+    steps = re.findall(rf"^demo \[(\d+)/{total}\] (.+)$", demo.stdout, re.M)
+    assert [int(i) for i, _ in steps] == list(range(1, total + 1)), demo.stdout
+    assert len(re.findall(r"^  \$ recseg ", demo.stdout, re.M)) == total
     client = MlflowClient(demo.uri)
     run_ids, experiments = demo.url_lists()
     exp = client.get_experiment_by_name("demo")
@@ -81,6 +84,18 @@ def test_demo_runs_every_step_and_prints_where_to_look(demo: Demo) -> None:
     assert all(r.info.status == "FINISHED" and "test_miou" in r.data.metrics for r in runs)
     champion = client.get_model_version_by_alias("recseg-demo", "champion")
     assert champion.run_id in run_ids
+    base = next(r for r in runs if r.data.params["model"] == MODELS[0])
+    recurrent = next(r for r in runs if r.data.params["model"] == MODELS[1])
+    assert recurrent.data.params["init_from"] == f"runs:/{base.info.run_id}/model"
+    assert int(recurrent.data.params["init_tensors"].split("/")[0]) > 100
+    held = re.search(r"^  held-out fg IoU  (\d\.\d{3}) ", demo.stdout, re.M)
+    assert held is not None, demo.stdout
+    evaluation = client.search_runs(
+        [client.get_experiment_by_name("evaluate").experiment_id],
+        "params.model_uri = 'models:/recseg-demo@champion'",
+    )
+    assert len(evaluation) == 1 and evaluation[0].data.params["data"].endswith("heldout/store")
+    assert f"{evaluation[0].data.metrics['test_fg_iou']:.3f}" == held.group(1)
     assert f"#/experiments/{exp.experiment_id}?workflowType=machine_learning" in demo.stdout
     assert "mlflow ui" not in demo.stdout  # a server: its UI is already there
     video = next(Path(p) for p in re.findall(r"^  \$ recseg segment (\S+)", demo.stdout, re.M))
@@ -118,7 +133,7 @@ def test_report_of_the_demo(demo: Demo, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     table = [ln for ln in done.stdout.splitlines() if ln.startswith("| ")]
     assert table[0].startswith("| Variant | Model | Loss | Seeds | test mIoU %")
-    assert {"base", "+ GRUV3"} <= {ln.split(" | ")[0][2:] for ln in table[1:]}
+    assert {"base", "+ GRUV1"} <= {ln.split(" | ")[0][2:] for ln in table[1:]}
     assert "Fewer than two seeds" in done.stdout
     files = {p.name for p in (tmp_path / "r").iterdir()}
     assert {"report.md", "summary.csv", "runs.csv", "latency_vs_fg_iou.png"} <= files
@@ -156,8 +171,11 @@ def test_demo_stops_at_a_failing_step(tmp_path: Path) -> None:
                       env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})  # fmt: skip
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("recseg: error: demo step 1/7 (footage") and "recseg footage" in last
-    assert "demo [2/7]" not in done.stdout
+    total = 10 + len(user_videos(""))
+    assert (
+        last.startswith(f"recseg: error: demo step 1/{total} (footage") and "recseg footage" in last
+    )
+    assert f"demo [2/{total}]" not in done.stdout
 
 
 @pytest.mark.parametrize(

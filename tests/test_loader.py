@@ -265,6 +265,32 @@ def test_greedy_lanes_drop_little() -> None:
     assert sum(lengths) - used <= 30
 
 
+def test_pieces_cut_training_clips_but_not_evaluation() -> None:
+    """--piece-frames: each clip plays as pieces, every piece starts with a reset and draws its
+    own augmentation; the frames trained on are the same; evaluation keeps whole clips."""
+    lengths = [12, 9, 8]
+    whole = LaneSampler(lengths, 2, 2, seed=0, size=(H, W))
+    cut = LaneSampler(lengths, 2, 2, seed=0, size=(H, W), piece=4)
+    assert cut.units == [(0, 0, 4), (0, 4, 4), (0, 8, 4), (1, 0, 4), (1, 4, 4), (1, 8, 1),
+                         (2, 0, 4), (2, 4, 4)]  # fmt: skip
+    played = [w for plan in cut.plans(0) for w in plan if w.clip >= 0]
+    for w in played:
+        assert w.reset == (w.start % 4 == 0) and w.length == 2
+    assert len({(w.clip, w.start) for w in played}) == len(played)
+    assert len({w.augment for w in played if w.reset}) == len([w for w in played if w.reset])
+    frames = {(w.clip, w.start + k) for w in played for k in range(w.length)}
+    assert frames <= {(c, f) for c, n in enumerate(lengths) for f in range(n)}
+    assert len(cut.plans(0)) * 2 >= len(whole.plans(0)) * 2 - 4  # a piece of 1 frame is dropped
+    layered = LaneSampler(lengths, 2, 2, seed=0, size=(H, W), piece=4, layers=[True] * 3,
+                          backgrounds=(3, 0))  # fmt: skip
+    keys = [layered.params(0, u).key for u in range(len(layered.units))]
+    assert len(set(keys)) == len(keys)  # each piece its own composite (and cached background)
+    evaluation = LaneSampler(lengths, 2, 2, seed=0, size=(H, W), train=False, piece=4)
+    assert evaluation.plans(0) == LaneSampler(
+        lengths, 2, 2, seed=0, size=(H, W), train=False
+    ).plans(0)
+
+
 # ----- augmentation -------------------------------------------------------------------------
 
 

@@ -185,3 +185,22 @@ def test_a_backgrounds_folder_without_usable_backgrounds_is_refused(
     else:
         one_error_line(result, "--backgrounds", "broken.mp4", "not a readable video")
     assert not out.exists()
+
+
+def test_a_test_only_folder_makes_a_held_out_store(mixed: Path) -> None:
+    """Videos only under test/ (held-out footage): every clip is a test clip, every background
+    a test background, nothing is copied into the store for training."""
+    held = mixed / "held"
+    (held / "test").mkdir(parents=True)
+    for video in sorted((mixed / "videos").glob("*.mp4"))[:2]:
+        (held / "test" / video.name).symlink_to(video)
+    out = mixed / "held-store"
+    result = recseg("preprocess", "--videos", str(held), "--backgrounds", str(mixed / "bgs"),
+                    "--out", str(out), *SIZE, "--fps", "10", cwd=mixed)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    store = ClipStore(out)
+    assert not store.clips("train") and not store.clips("val") and len(store.clips("test")) >= 2
+    assert not store.backgrounds("images") and not store.backgrounds("videos")
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["backgrounds"]["test"] == sorted(p.name for p in (mixed / "bgs").iterdir())
+    assert {r.background for r in store.clips("test")} <= set(plan["backgrounds"]["test"])

@@ -151,3 +151,29 @@ def test_final_weights_rule_picks_the_logged_model(
     logged = _logged_weights(mlflow_server, run)
     assert set(logged) == set(expected)
     assert all(torch.equal(logged[k], v) for k, v in expected.items())
+
+
+def test_init_from_warm_starts_every_matching_layer(
+    store: Path, tmp_path: Path, mlflow_server: str, reference
+) -> None:
+    """--init-from: a new run starts from another model's weights wherever names and shapes
+    match (here a GRU-at-output model's into an LSTM-at-output one: all but the recurrent
+    unit); the param says how many tensors came over; a URI that names nothing: one line, 2."""
+    from recseg.models import build_model
+    from recseg.training.warm_start import warm_start
+
+    _, source_run = only_run(mlflow_server, "reference")
+    uri = source_run.data.tags["recseg.model_uri"]
+    source = _logged_weights(mlflow_server, source_run)
+    target = build_model("Deep_mobile_lstmV1", output_stride=8)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    copied = warm_start(target, uri)
+    after = target.state_dict()
+    shared = [k for k in after if k in source and source[k].shape == after[k].shape]
+    assert copied == f"{len(shared)}/{len(after)}" and len(shared) < len(after)
+    assert all(torch.equal(after[k], source[k]) for k in shared)
+    assert all(torch.equal(after[k], before[k]) for k in after if k not in shared)
+    assert any(k.startswith("unit.") for k in after if k not in shared)
+    result = train(store, tmp_path, mlflow_server, "warm", "--epochs", "1",
+                   "--init-from", "runs:/0123456789abcdef0123456789abcdef/model")  # fmt: skip
+    one_error_line(result, "--init-from", "0123456789abcdef")

@@ -323,3 +323,22 @@ def test_train_and_eval_mode_score_alike_at_every_checkpoint(store: Path) -> Non
     assert len(scores) == 3
     assert all(abs(train - evaluated) <= 0.02 for train, evaluated in scores), scores
     assert scores[-1][1] > 0.3, scores  # it learned something: not 0 = 0
+
+
+def test_mixed_precision_mode_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--amp: float16 on CUDA, bfloat16 on a CPU with native bf16, else off; under bf16 the
+    step's matmuls run in bfloat16 while the weights stay float32."""
+    from recseg.training import precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert precision.amp_mode(cuda, True) == "fp16" and precision.amp_mode(cuda, False) == "off"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert precision.amp_mode(cpu, True) == "off"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert precision.amp_mode(cpu, True) == "bf16" and precision.amp_mode(cpu, False) == "off"
+    layer = torch.nn.Linear(4, 3)
+    with precision.train_autocast(cpu, "bf16"):
+        out = layer(torch.rand(2, 4))
+    assert out.dtype == torch.bfloat16 and layer.weight.dtype == torch.float32
+    with precision.train_autocast(cpu, "off"):
+        assert layer(torch.rand(2, 4)).dtype == torch.float32

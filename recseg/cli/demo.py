@@ -28,6 +28,30 @@ def _models(text: str) -> str | None:
     return None
 
 
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
+# real videos of a person that Debian packages ship (kphotoalbum: a webcam clip, 160x120)
+KNOWN_VIDEOS = (Path("/usr/share/kphotoalbum/demo/movie.avi"),)
+
+
+def _videos(text: str) -> str | None:
+    for name in (p.strip() for p in text.split(",") if p.strip()):
+        if not Path(name).is_file():
+            return f"{name}: no such video file"
+    return None
+
+
+def user_videos(text: str, home: Path | None = None) -> tuple[Path, ...]:
+    """The videos ``--videos`` names; else at most 2 real videos found on the machine: in
+    ``~/Videos``, then those Debian packages ship (``KNOWN_VIDEOS``)."""
+    named = [Path(p.strip()) for p in text.split(",") if p.strip()]
+    if named:
+        return tuple(named)
+    folder = (home or Path.home()) / "Videos"
+    found = sorted(f for f in folder.glob("*") if f.suffix.lower() in VIDEO_SUFFIXES)
+    found += [f for f in KNOWN_VIDEOS if f.is_file()]
+    return tuple(found[:2])
+
+
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
     """Options of ``recseg demo``."""
@@ -40,7 +64,7 @@ class DemoConfig:
         default="demo", metadata=option("MLflow experiment of the demo's runs.")
     )
     models: str = dataclasses.field(
-        default="Deep+_mobile,Deep_mobile_gruV3",
+        default="Deep+_mobile,Deep_mobile_gruV1",
         metadata=option("Models to train and compare, comma separated.", check=_models),
     )
     epochs: int = dataclasses.field(
@@ -49,6 +73,14 @@ class DemoConfig:
     quick: bool = dataclasses.field(
         default=False,
         metadata=option("A reduced demo (3 short videos, tiny frames, 2 epochs): a smoke test."),
+    )
+    videos: str = dataclasses.field(
+        default="",
+        metadata=option(
+            "Also segment these videos (comma separated), e.g. real videos of a person; "
+            "default: up to 2 found on the machine (~/Videos, kphotoalbum's demo movie).",
+            check=_videos,
+        ),
     )
 
 
@@ -103,7 +135,8 @@ def demo_cmd(**values: object) -> None:
 
     scale = (demo.QUICK if cfg.quick else demo.FULL).with_epochs(cfg.epochs)
     layout = plan.Layout(_folder(cfg.out))
-    p = demo.DemoPlan(layout, scale, cfg.experiment, plan.parse_models(cfg.models))
+    models = plan.parse_models(cfg.models)
+    p = demo.DemoPlan(layout, scale, cfg.experiment, models, user_videos(cfg.videos))
     _run_workflow(lambda: demo.run_demo(p, echo=click.echo))
 
 

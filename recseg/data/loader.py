@@ -210,6 +210,7 @@ class TemporalLoader:
         augment: bool | None = None,
         pin_memory: bool | None = None,
         size: tuple[int, int] | None = None,
+        piece: int = 0,
     ):
         _check_positive("--batch-size", batch_size)
         _check_positive("--seq-len", seq_len)
@@ -233,6 +234,7 @@ class TemporalLoader:
                 len(self.store.backgrounds("images")),
                 len(self.store.backgrounds("videos")),
             ),
+            piece=piece,
         )
         self._check_clips(records)
         self.dataset = WindowDataset(

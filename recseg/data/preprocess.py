@@ -29,6 +29,7 @@ from recseg.data.sources import (
     discover_videos,
     split_backgrounds,
     split_videos,
+    test_only,
 )
 from recseg.data.store import ClipRecord, atomic_write_json, write_manifest
 from recseg.data.video import VideoError
@@ -218,7 +219,8 @@ def prepare_preprocess(cfg: PreprocessConfig, warn: Callable[[str], None]) -> Pr
     """Check every input before anything is written (``InputError`` names the problem)."""
     settings = cfg.settings()
     old = _load_plan(Path(cfg.out), settings) or {}
-    fresh = split_backgrounds(cfg.backgrounds, cfg.seed)  # decodes every image: fail early
+    # decodes every image: fail early; a test-only store uses every background for its test clips
+    fresh = split_backgrounds(cfg.backgrounds, cfg.seed, test_only(cfg.videos))
     backgrounds = old.get("backgrounds") or fresh  # a resumed store keeps its split
     truth = _truth_dir(cfg)
     if cfg.labels == "truth" and truth is None:

@@ -86,6 +86,7 @@ class LaneSampler:
         size: tuple[int, int],
         layers: Sequence[bool] | None = None,
         backgrounds: tuple[int, int] = (0, 0),
+        piece: int = 0,
     ):
         self.lengths = [int(n) for n in lengths]
         self.batch_size = batch_size
@@ -96,7 +97,16 @@ class LaneSampler:
         self.size = size
         self.layers = [bool(x) for x in layers] if layers is not None else [False] * len(lengths)
         self.backgrounds = (int(backgrounds[0]), int(backgrounds[1]))
-        self.windows = [clip_windows(n, seq_len, train) for n in self.lengths]
+        # what lanes play: (clip, first frame, frames); training with ``piece`` cuts each clip
+        # into pieces of that many frames, each with its own augmentation and a fresh state
+        self.piece = int(piece) if train else 0
+        self.units = [(c, first, min(self.piece, n - first)) if self.piece else (c, 0, n)
+                      for c, n in enumerate(self.lengths)
+                      for first in (range(0, n, self.piece) if self.piece else [0])]  # fmt: skip
+        self.windows = [
+            [(first + s, k) for s, k in clip_windows(n, seq_len, train)]
+            for _, first, n in self.units
+        ]
         self._cache: tuple[tuple[int, int], list[Plan]] | None = None
 
     @property
@@ -106,27 +116,30 @@ class LaneSampler:
 
     @property
     def usable(self) -> list[int]:
-        """Clips with at least one window."""
-        return [c for c, w in enumerate(self.windows) if w]
+        """Units (clips, or pieces of clips) with at least one window."""
+        return [u for u, w in enumerate(self.windows) if w]
 
     def order(self, epoch: int) -> list[int]:
-        """The clips in the order lanes take them in ``epoch``."""
+        """The units (clips, or pieces) in the order lanes take them in ``epoch``."""
         usable = self.usable
         if not self.train:
             return usable
         perm = _rng(self.seed, epoch, _ORDER).permutation(len(usable))
         return [usable[i] for i in perm]
 
-    def params(self, epoch: int, clip: int) -> Params | None:
-        """Clip ``clip``'s augmentation in ``epoch``: its composite (``CompositeParams``), or
+    def params(self, epoch: int, unit: int) -> Params | None:
+        """Unit ``unit``'s augmentation in ``epoch``: its composite (``CompositeParams``), or
         the augmentation of its fixed composite (``AugmentParams``), or ``None``."""
         if not self.augment:
             return None
+        clip, first, _ = self.units[unit]
+        piece = (first // self.piece,) if self.piece else ()  # whole clips: as before pieces
         if self.composite and self.layers[clip]:
-            rng = _rng(self.seed, epoch, _COMPOSITE, clip)
-            key = (self.seed, epoch, clip)
+            rng = _rng(self.seed, epoch, _COMPOSITE, clip, *piece)
+            # seeds the per-frame noise and names the cached background: one per piece
+            key = (self.seed, epoch, clip + (piece[0] << 32 if piece else 0))
             return composite.draw(rng, self.size, *self.backgrounds, key=key)
-        return aug.sample_params(_rng(self.seed, epoch, _AUGMENT, clip), self.size)
+        return aug.sample_params(_rng(self.seed, epoch, _AUGMENT, clip, *piece), self.size)
 
     def plans(self, epoch: int) -> list[Plan]:
         """Every step of ``epoch`` (cached for the last epoch asked)."""
@@ -140,9 +153,10 @@ class LaneSampler:
         schedule, ends = _greedy(self.order(epoch), counts, self.batch_size)
         steps = min(ends) if self.train else max(ends)
         grid = [[PAD] * self.batch_size for _ in range(steps)]
-        for lane, clips in enumerate(schedule):
-            for clip, first in clips:
-                params = self.params(epoch, clip)
-                for k, (start, length) in enumerate(self.windows[clip][: max(0, steps - first)]):
+        for lane, units in enumerate(schedule):
+            for unit, first in units:
+                params = self.params(epoch, unit)
+                clip = self.units[unit][0]
+                for k, (start, length) in enumerate(self.windows[unit][: max(0, steps - first)]):
                     grid[first + k][lane] = Window(clip, start, length, k == 0, params)
         return [tuple(row) for row in grid]

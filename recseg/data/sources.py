@@ -106,14 +106,25 @@ def split_videos(
     return assigned
 
 
-def split_backgrounds(folder: str | Path, seed: int) -> dict[str, list[str]]:
+def test_only(videos: str | Path) -> bool:
+    """Whether ``videos`` holds a ``test/`` subfolder and no ``train/`` or ``val/``: a store of
+    held-out footage to score models on."""
+    return [s for s in SPLITS if (Path(videos) / s).is_dir()] == ["test"]
+
+
+def split_backgrounds(
+    folder: str | Path, seed: int, all_test: bool = False
+) -> dict[str, list[str]]:
     """Background file names (images and videos, relative to ``folder``) per split; train never
-    shares with val/test. Every image is decoded once here (and every video's first frame), so
-    a broken one stops the run before any clip is written."""
+    shares with val/test (``all_test``: every one is a test background). Every image is decoded
+    once here (and every video's first frame), so a broken one stops the run before any clip
+    is written."""
     folder = Path(folder)
     files = list_backgrounds(folder)
     for path in files:
         check_background(path)
+    if all_test and files:
+        return {"train": [], "val": [], "test": sorted(str(p.relative_to(folder)) for p in files)}
     if len(files) < 2:
         raise InputError(
             f"--backgrounds {folder}: need at least 2 images or videos so that train and "

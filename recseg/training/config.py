@@ -245,6 +245,15 @@ class TrainConfig:
     output_stride: int = output_stride_field()
     pretrained: str = pretrained_field()
     norm: str = norm_field()
+    init_from: str = dataclasses.field(
+        default="",
+        metadata=option(
+            "Start from this model's weights (runs:/RID/model, models:/NAME@ALIAS, a folder): "
+            "every layer whose name and shape match is copied, so a recurrent model "
+            "warm-starts from a trained plain one; empty: --pretrained or random init.",
+            mltype="string",
+        ),
+    )
     faithful: bool = faithful_field()
     augment: bool = dataclasses.field(
         default=True,
@@ -254,8 +263,21 @@ class TrainConfig:
             "fixed composite."
         ),
     )
+    piece_frames: int = dataclasses.field(
+        default=0,
+        metadata=option(
+            "Train on pieces of this many frames of each clip, each with its own background "
+            "and augmentation and a fresh recurrent state (more composites per epoch; val and "
+            "test keep whole clips); 0: whole clips.",
+            check=at_least(0),
+        ),
+    )
     amp: bool = dataclasses.field(
-        default=True, metadata=option("Mixed precision (float16) when training on CUDA.")
+        default=True,
+        metadata=option(
+            "Mixed precision: float16 on CUDA, bfloat16 on CPUs with AVX-512 BF16/AMX (about "
+            "1.5x faster there); param resolved_amp says which."
+        ),
     )
     system_metrics: bool = dataclasses.field(
         default=True, metadata=option("Log system metrics (CPU, memory, GPU) to MLflow.")

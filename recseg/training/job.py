@@ -35,6 +35,7 @@ from recseg.training.finish import already_done, finish, start_tracking
 from recseg.training.setup import Setup, build_setup
 from recseg.training.stopping import StopRequest, TimeBudget
 from recseg.training.trainer import EpochRecord, Trainer
+from recseg.training.warm_start import warm_start
 
 Echo = Callable[[str], None]
 
@@ -316,6 +317,8 @@ def train_run(cfg: TrainConfig, echo: Echo = print, stop: StopRequest | None = N
         state = _newest_checkpoint(cfg, existing.info.run_id, tag, warn)
         cfg = legacy_norm(cfg, existing, state)
     setup = build_setup(cfg, warn=warn)
+    if state is None and cfg.init_from:  # a resumed run's weights come from its checkpoint
+        setup.resolved["init_tensors"] = warm_start(setup.model, cfg.init_from)
     own = stop is None
     stop = stop or StopRequest()
     trainer = _make_trainer(cfg, setup, stop)

@@ -19,11 +19,12 @@ from torch import nn
 from tqdm import tqdm
 
 from recseg.data.loader import TemporalLoader
-from recseg.evaluation.evaluate import EvalResult, Samples, autocast, evaluate
+from recseg.evaluation.evaluate import EvalResult, Samples, evaluate
 from recseg.evaluation.metrics import metrics_from_confusion
 from recseg.faults import fail_point
 from recseg.models.state import State, detach_state
 from recseg.training.config import LOWER_IS_BETTER
+from recseg.training.precision import CUDA_FP16, amp_mode, train_autocast
 from recseg.training.stopping import StopRequest, TimeBudget
 
 
@@ -91,7 +92,8 @@ class Trainer:
         self.optimizer, self.scheduler = optimizer, scheduler
         self.train_loader, self.val_loader = train_loader, val_loader
         self.epochs, self.eval_every, self.best_metric = epochs, eval_every, best_metric
-        self.device, self.amp = device, bool(amp and device.type == "cuda")
+        self.device, self.amp_mode = device, amp_mode(device, amp)
+        self.amp = self.amp_mode == CUDA_FP16  # evaluation's autocast: float16 on CUDA only
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.stop, self.budget = stop, budget
         self.steps_taken = 0  # optimizer steps this process took
@@ -191,7 +193,7 @@ class Trainer:
         frames = batch["frames"].to(self.device, non_blocking=True)
         labels = batch["labels"].to(self.device, non_blocking=True)
         reset = batch["reset"].to(self.device)
-        with autocast(self.device, self.amp):
+        with train_autocast(self.device, self.amp_mode):
             logits, state = self.model(frames, self.lanes, reset)
             loss = self.loss_fn(logits.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)

@@ -8,7 +8,6 @@ the outputs and the command (and address) that show the runs side by side in the
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,19 +19,26 @@ from recseg.errors import InputError
 from recseg.tracking import tags as T
 from recseg.tracking.runs import quiet_mlflow, redact_uri
 from recseg.tracking.ui import compare_url, experiment_url, ui_base, ui_command
-from recseg.workflows import plan
+from recseg.workflows import heldout, plan
 from recseg.workflows.steps import Step, duration, run_steps
 
 Echo = Callable[[str], None]
 LOSS = "CrossDice"
-# small frames, many steps: random-init models learn the person in minutes on a CPU
-FAST = ("--schedule", "onecycle", "--lr", "0.002")
-FULL = plan.Scale(videos=6, seconds=6, footage_size="144x256", size="72x128", clip_seconds=4,
-                  epochs=6, batch_size=2, seq_len=4, num_workers=1, train_options=FAST)  # fmt: skip
-# quick: 2 epochs, so that the UI shows per-epoch curves
+# The recipe, from measurements on 2 cores (docs/recipe.md, `python -m benchmarks learning`):
+# GroupNorm (the default), output stride 16, bf16 autocast where the CPU has it, one-cycle
+# schedule (the last weights are logged), 4-frame pieces of each clip, each composited over
+# its own background; the recurrent model starts from the plain one's weights.
+RECIPE = ("--schedule", "onecycle", "--lr", "0.003", "--output-stride", "16",
+          "--piece-frames", "4")  # fmt: skip
+FULL = plan.Scale(videos=24, seconds=6, footage_size="144x256", size="144x256", clip_seconds=3,
+                  epochs=4, batch_size=4, seq_len=2, num_workers=1, train_options=RECIPE,
+                  heldout_videos=4, warm_start=True, warm_epochs=2,
+                  warm_options=("--lr", "0.001", "--piece-frames", "8"))  # fmt: skip
+# quick: tiny frames, 2 epochs (so that the UI shows per-epoch curves): a smoke test
 QUICK = plan.Scale(videos=3, seconds=2, footage_size="144x256", size="72x128", clip_seconds=1,
                    epochs=2, batch_size=2, seq_len=2, num_workers=0,
-                   train_options=FAST)  # fmt: skip
+                   train_options=("--schedule", "onecycle", "--lr", "0.002"),
+                   heldout_videos=1, warm_start=True, warm_epochs=1)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +49,7 @@ class DemoPlan:
     scale: plan.Scale
     experiment: str
     models: tuple[str, ...]
+    videos: tuple[Path, ...] = ()  # more videos to segment (real videos of people)
 
     @property
     def registered(self) -> str:
@@ -56,30 +63,46 @@ class DemoPlan:
     def masks(self) -> Path:
         return self.layout.root / "segmented-masks.mp4"
 
+    @property
+    def heldout_video(self) -> Path:
+        return self.layout.heldout / "person.mp4"
 
-def _test_inputs(layout: plan.Layout) -> tuple[Path, Path]:
-    """A test-split video of the footage and a background the models never trained on."""
-    store_plan = json.loads((layout.store / "plan.json").read_text())
-    manifest = json.loads((layout.store / "store.json").read_text())
-    clips = manifest["splits"].get("test") or manifest["splits"]["val"]
-    video = layout.footage / "videos" / clips[0]["video"]
-    if not video.is_file():
-        video = sorted((layout.footage / "videos").glob("*.mp4"))[-1]
-    names = store_plan["backgrounds"].get("test") or store_plan["backgrounds"]["val"]
-    return video, Path(store_plan["backgrounds_dir"]) / names[0]
+
+def _photos(layout: plan.Layout) -> list[Path]:
+    """The held-out backgrounds (test backgrounds of the main store), real photos first."""
+    found = sorted((layout.heldout / "backgrounds").iterdir())
+    return sorted(found, key=lambda f: f.name.startswith(heldout.TEXTURE))
+
+
+def _segment(p: DemoPlan, video: Path, out: Path, masks: Path, background: Path) -> Step:
+    champion = f"models:/{p.registered}@champion"
+    args = ("segment", str(video), "-o", str(out), "--model", champion,
+            "--background", str(background), "--masks", str(masks))  # fmt: skip
+    return Step(f"segment {video.name} onto {background.name} with {champion}", args)
 
 
 def _tail_steps(p: DemoPlan) -> list[Step]:
-    video, background = _test_inputs(p.layout)
     champion = f"models:/{p.registered}@champion"
-    segment = ("segment", str(video), "-o", str(p.segmented), "--model", champion,
-               "--background", str(background), "--masks", str(p.masks))  # fmt: skip
     promote = ("promote", "--experiment", p.experiment, "--name", p.registered)
     return [
         plan.evaluate_step(p.layout, p.experiment),
         Step("promote the better model by test fg IoU", promote),
-        Step(f"segment {video.name} onto {background.name} with {champion}", segment),
+        heldout.evaluate_step(p.layout, champion),
     ]
+
+
+def _segment_steps(p: DemoPlan, echo: Echo) -> list[Step]:
+    """The held-out person's video onto another held-out photo, then the user's videos."""
+    photos = _photos(p.layout)
+    shown = heldout.write_video(p.layout, p.heldout_video)
+    echo(f"demo: {p.heldout_video.name}: a held-out person in front of {shown} (never trained on)")
+    others = [f for f in photos if f.name != shown] or photos
+    steps = [_segment(p, p.heldout_video, p.segmented, p.masks, others[0])]
+    for video in p.videos:
+        out = p.layout.root / f"segmented-{video.stem}.mp4"
+        masks = p.layout.root / f"segmented-{video.stem}-masks.mp4"
+        steps.append(_segment(p, video, out, masks, others[0]))
+    return steps
 
 
 def _demo_runs(client: MlflowClient, experiment: str, since_ms: int) -> tuple[str, list]:
@@ -113,13 +136,19 @@ def _closing(p: DemoPlan, exp_id: str, runs: list, seconds: float, echo: Echo) -
     echo(f"\ndemo: done in {duration(seconds)}. Outputs:")
     echo(f"  footage          {p.layout.footage}/videos (true masks in {p.layout.footage}/truth)")
     echo(f"  clip store       {p.layout.store} (samples: {p.layout.store}/samples.png)")
+    echo(f"  held-out set     {p.layout.heldout_store} (new people, backgrounds never trained on)")
     echo(f"  checkpoints      {p.layout.checkpoints}")
     echo(f"  segmented video  {p.segmented} (masks: {p.masks})")
+    for video in p.videos:
+        echo(f"  segmented video  {root / f'segmented-{video.stem}.mp4'} (from {video})")
     echo(f"  tracking         {redact_uri(uri)}, experiment {p.experiment!r}")
     for run in runs:
         echo(f"  run              {run.info.run_name} {run.info.run_id} ({_scores(run)})")
-    champion = f"models:/{p.registered}@champion = {_champion(client, p.registered)}"
-    echo(f"  champion         {champion}")
+    champion = f"models:/{p.registered}@champion"
+    echo(f"  champion         {champion} = {_champion(client, p.registered)}")
+    held = heldout.heldout_fg_iou(champion, p.layout.heldout_store)
+    shown = "not measured" if held is None else f"{held:.3f}"
+    echo(f"  held-out fg IoU  {shown} (champion on people and backgrounds it never trained on)")
     command = ui_command(uri)
     echo("\nSee the runs in the MLflow UI" + (": start it with" if command else " at the server:"))
     if command:
@@ -129,19 +158,45 @@ def _closing(p: DemoPlan, exp_id: str, runs: list, seconds: float, echo: Echo) -
     echo(f"(all runs of the experiment: {experiment_url(base, exp_id)}; outputs under {root})")
 
 
+def _train(p: DemoPlan, since_ms: int, echo: Echo, start_at: int, total: int) -> None:
+    """Train the models in order; with ``warm_start`` the later ones start from the first."""
+    first, *rest = p.models
+    step = plan.train_step(p.layout, p.scale, first, LOSS, p.experiment)
+    run_steps([step], "demo", echo, start_at=start_at, total=total)
+    init = ""
+    if p.scale.warm_start and rest:
+        _, runs = _demo_runs(MlflowClient(), p.experiment, since_ms)
+        init = f"runs:/{runs[-1].info.run_id}/model"
+    epochs = p.scale.warm_epochs if init else 0
+    steps = [plan.train_step(p.layout, p.scale, m, LOSS, p.experiment, init_from=init,
+                             epochs=epochs) for m in rest]  # fmt: skip
+    if init:  # the warm-started models' own options come last: they win
+        steps = [Step(s.title, (*s.args, *p.scale.warm_options)) for s in steps]
+    run_steps(steps, "demo", echo, start_at=start_at + 1, total=total)
+
+
 def run_demo(p: DemoPlan, echo: Echo = print) -> int:
     """Run the demo; 0 when done (a failing step raises ``StepFailed``)."""
     quiet_mlflow()
     start = time.monotonic()
     since_ms = int(time.time() * 1000) - 1000
-    train = [plan.train_step(p.layout, p.scale, m, LOSS, p.experiment) for m in p.models]
-    head = [plan.footage_step(p.layout, p.scale),
-            plan.preprocess_step(p.layout, p.scale, p.experiment), *train]  # fmt: skip
-    total = len(head) + 3
+    data = [plan.footage_step(p.layout, p.scale), heldout.footage_step(p.layout, p.scale),
+            plan.preprocess_step(p.layout, p.scale, p.experiment)]  # fmt: skip
+    total = len(data) + 1 + len(p.models) + 3 + 1 + len(p.videos)
     where = redact_uri(mlflow.get_tracking_uri())
     echo(f"demo: {total} steps into {p.layout.root}, tracked in {where}")
-    run_steps(head, "demo", echo, total=total)
-    run_steps(_tail_steps(p), "demo", echo, start_at=len(head) + 1, total=total)
+    done = len(data)
+    run_steps(data, "demo", echo, total=total)
+    count = heldout.link_inputs(p.layout)
+    echo(f"demo: held-out set: new people over the {count} test backgrounds no model trains on")
+    run_steps([heldout.preprocess_step(p.layout, p.scale, p.experiment)], "demo", echo,
+              start_at=done + 1, total=total)  # fmt: skip
+    done += 1
+    _train(p, since_ms, echo, done + 1, total)
+    done += len(p.models)
+    run_steps(_tail_steps(p), "demo", echo, start_at=done + 1, total=total)
+    done += 3
+    run_steps(_segment_steps(p, echo), "demo", echo, start_at=done + 1, total=total)
     exp_id, runs = _demo_runs(MlflowClient(), p.experiment, since_ms)
     _closing(p, exp_id, runs, time.monotonic() - start, echo)
     return 0

@@ -23,10 +23,14 @@ class Scale:
     seq_len: int
     num_workers: int
     train_options: tuple[str, ...] = ()  # more `recseg train` options (schedule, lr, ...)
+    heldout_videos: int = 0  # videos of other people in the held-out set (0: none)
+    warm_start: bool = False  # the later models start from the first model's weights
+    warm_epochs: int = 0  # epochs of a warm-started model (0: ``epochs``)
+    warm_options: tuple[str, ...] = ()  # its own `recseg train` options (a lower LR, ...)
 
     def with_epochs(self, epochs: int) -> Scale:
-        """This scale, with ``epochs`` when non-zero."""
-        return dataclasses.replace(self, epochs=epochs) if epochs else self
+        """This scale, with ``epochs`` (warm-started models too) when non-zero."""
+        return dataclasses.replace(self, epochs=epochs, warm_epochs=epochs) if epochs else self
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +51,14 @@ class Layout:
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
+    @property
+    def heldout(self) -> Path:
+        return self.root / "heldout"
+
+    @property
+    def heldout_store(self) -> Path:
+        return self.heldout / "store"
+
 
 def footage_step(layout: Layout, scale: Scale) -> Step:
     """Hard greenscreen footage (occlusions, flashes, dropped frames: what memory is for)."""
@@ -65,16 +77,19 @@ def preprocess_step(layout: Layout, scale: Scale, experiment: str) -> Step:
 
 
 def train_step(layout: Layout, scale: Scale, model: str, loss: str, experiment: str,
-               seed: int = 0) -> Step:  # fmt: skip
-    """Train one model at the store's size."""
+               seed: int = 0, init_from: str = "", epochs: int = 0) -> Step:  # fmt: skip
+    """Train one model at the store's size (``init_from``: warm-started from that model)."""
+    epochs = epochs or scale.epochs
+    init = ("--init-from", init_from) if init_from else ()
     args = ("train", "--data", str(layout.store), "--model", model, "--loss", loss,
-            "--epochs", str(scale.epochs), "--batch-size", str(scale.batch_size),
+            "--epochs", str(epochs), "--batch-size", str(scale.batch_size),
             "--seq-len", str(scale.seq_len), "--num-workers", str(scale.num_workers),
             "--seed", str(seed), "--checkpoint-dir", str(layout.checkpoints),
-            "--experiment", experiment, *scale.train_options)  # fmt: skip
+            "--experiment", experiment, *scale.train_options, *init)  # fmt: skip
     seeded = f", seed {seed}" if seed else ""
-    epochs = f"{scale.epochs} epoch{'s' if scale.epochs != 1 else ''}"
-    return Step(f"train {model} ({loss}, {epochs}{seeded})", args)
+    warm = f", from {init_from}" if init_from else ""
+    return Step(f"train {model} ({loss}, {epochs} epoch{'s' if epochs != 1 else ''}{seeded}{warm})",
+                args)  # fmt: skip
 
 
 def evaluate_step(layout: Layout, experiment: str) -> Step:

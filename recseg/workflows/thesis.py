@@ -17,18 +17,18 @@ import mlflow
 
 from recseg.tracking.runs import quiet_mlflow, redact_uri
 from recseg.workflows import plan
-from recseg.workflows.demo import FAST
 from recseg.workflows.demo import QUICK as DEMO_QUICK
 from recseg.workflows.steps import Step, duration, run_steps
 
 Echo = Callable[[str], None]
+FAST = ("--schedule", "onecycle", "--lr", "0.002")
 # base, GRU at the decoder (V3) and output (V1), LSTM at the decoder and output
 VARIANTS = ("Deep+_mobile", "Deep_mobile_gruV3", "Deep_mobile_gruV1", "Deep_mobile_lstmV3",
             "Deep_mobile_lstmV1")  # fmt: skip
 FULL = plan.Scale(videos=8, seconds=6, footage_size="144x256", size="72x128", clip_seconds=4,
                   epochs=8, batch_size=2, seq_len=4, num_workers=1,
                   train_options=FAST)  # fmt: skip
-QUICK = DEMO_QUICK  # the quick demo's scale
+QUICK = dataclasses.replace(DEMO_QUICK, warm_start=False)  # the quick demo's scale
 
 
 @dataclasses.dataclass(frozen=True)

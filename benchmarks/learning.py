@@ -1,0 +1,153 @@
+"""Part "learning": how fast the demo recipe makes a model that segments people it never saw.
+
+Builds the demo's train footage (seed 0) and footage of other people (seed 1), and one clip
+store whose train split is the demo's people and whose val split is the other people over
+backgrounds no train clip uses. ``recseg train`` then trains the demo's first model with the
+demo's recipe (``recseg.workflows.demo.FULL``: size, batch, schedule, LR, epochs) against a
+local ``mlflow server``; its per-epoch ``val_fg_iou`` (held-out people and backgrounds) against
+the wall seconds since the run started is the learning curve. ``time_to_working_model_s`` is
+the first time it reaches 0.80 (None: not within the epochs trained).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from benchmarks.common import Part
+from benchmarks.tracking import _run, mlflow_server
+from recseg.tracking.runs import quiet_mlflow
+from recseg.workflows.demo import FULL, QUICK
+
+NAME = "learning"
+EXPERIMENT = "bench-learning"
+WORKING = 0.80  # foreground IoU of a model that segments people
+COLUMNS = ["epoch", "steps", "wall s", "held-out fg IoU", "held-out mIoU", "lr"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("learning part")
+    g.add_argument("--learning-model", default="Deep+_mobile")
+    g.add_argument(
+        "--learning-epochs", type=int, default=0,
+        help="epochs of the demo recipe (default: the demo's; more epochs stretch its schedule)",
+    )  # fmt: skip
+    g.add_argument("--learning-heldout-videos", type=int, default=4, help="videos of new people")
+
+
+def _link(target: Path, link: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
+        os.symlink(target.resolve(), link)
+
+
+def build_store(args: argparse.Namespace, work: Path, uri: str) -> Path:
+    """Train split: the demo's footage; val split: other people (seed 1) on val backgrounds."""
+    scale = QUICK if args.quick else FULL
+    store = work / "store"
+    if (store / "store.json").is_file():
+        return store
+    log = work / "data.log"
+    common = ["--seconds", f"{scale.seconds:g}", "--size", scale.footage_size, "--hard"]
+    _run(["footage", str(work / "people"), "--videos", str(scale.videos), *common], uri, log)
+    others = ["--videos", str(args.learning_heldout_videos), "--seed", "1", "--backgrounds", "1"]
+    _run(["footage", str(work / "others"), *others, *common], uri, log)
+    for split, source in (("train", "people"), ("val", "others")):
+        for video in sorted((work / source / "videos").glob("*.mp4")):
+            _link(video, work / "videos" / split / f"{source}-{video.name}")
+            _link(work / source / "truth" / f"{video.stem}.npz",
+                  work / "truth" / f"{split}-{source}-{video.stem}.npz")  # fmt: skip
+    _run(["preprocess", "--videos", str(work / "videos"),
+          "--backgrounds", str(work / "people" / "backgrounds"), "--out", str(store),
+          "--size", scale.size, "--clip-seconds", f"{scale.clip_seconds:g}",
+          "--labels", "truth", "--truth", str(work / "truth"), "--experiment", EXPERIMENT],
+         uri, log)  # fmt: skip
+    return store
+
+
+def train(args: argparse.Namespace, store: Path, work: Path, uri: str) -> str:
+    """Train with the demo's recipe; the run id."""
+    scale = QUICK if args.quick else FULL
+    epochs = args.learning_epochs or scale.epochs
+    command = ["train", "--data", str(store), "--model", args.learning_model,
+               "--loss", "CrossDice", "--epochs", str(epochs),
+               "--batch-size", str(scale.batch_size), "--seq-len", str(scale.seq_len),
+               "--num-workers", str(scale.num_workers), "--device", args.device.type,
+               "--checkpoint-dir", str(work / "checkpoints"), "--experiment", EXPERIMENT,
+               *scale.train_options]  # fmt: skip
+    _run(command, uri, work / "train.log", args.threads)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], "tags.`recseg.kind` = 'train'",
+                              order_by=["attributes.start_time DESC"], max_results=1)  # fmt: skip
+    return runs[0].info.run_id
+
+
+def curve(client: MlflowClient, run_id: str) -> list[dict[str, Any]]:
+    """Per epoch: steps, wall seconds since the run started, held-out fg IoU and mIoU, LR."""
+    run = client.get_run(run_id)
+    start = run.info.start_time
+    steps = int(run.data.params.get("steps_per_epoch", 0))
+
+    def history(key: str) -> dict[int, Any]:
+        return {m.step: m for m in client.get_metric_history(run_id, key)}
+
+    fg, miou, lr = history("val_fg_iou"), history("val_miou"), history("lr")
+    return [
+        {
+            "epoch": e,
+            "steps": e * steps,
+            "wall_s": (m.timestamp - start) / 1000,
+            "fg_iou": m.value,
+            "miou": miou[e].value if e in miou else None,
+            "lr": lr[e].value if e in lr else None,
+        }  # fmt: skip
+        for e, m in sorted(fg.items())
+    ]
+
+
+def time_to(points: list[dict[str, Any]], target: float) -> float | None:
+    """Wall seconds of the first point at or above ``target`` (None: never)."""
+    return next((p["wall_s"] for p in points if p["fg_iou"] >= target), None)
+
+
+def run(args: argparse.Namespace) -> Part:
+    """Figures: ``time_to_working_model_s`` (to held-out fg IoU 0.80) and the final IoU."""
+    quiet_mlflow()
+    work = args.work / NAME
+    work.mkdir(parents=True, exist_ok=True)
+    with mlflow_server(work / "server") as uri:
+        store = build_store(args, work, uri)
+        run_id = train(args, store, work, uri)
+        points = curve(MlflowClient(tracking_uri=uri), run_id)
+    reached = time_to(points, WORKING)
+    last = points[-1] if points else {}
+    scale = QUICK if args.quick else FULL
+    rows = [[p["epoch"], p["steps"], p["wall_s"], p["fg_iou"], p["miou"], p["lr"]] for p in points]
+    verdict = (f"reached {WORKING:.2f} after {reached:.0f} s" if reached is not None
+               else f"did not reach {WORKING:.2f} in {last.get('wall_s', 0):.0f} s")  # fmt: skip
+    return Part(
+        name=NAME,
+        columns=COLUMNS,
+        rows=rows,
+        figures={
+            "time_to_working_model_s": reached,
+            "learning_final_heldout_fg_iou": last.get("fg_iou"),
+            "learning_wall_s": last.get("wall_s"),
+        },
+        method=(
+            f"the demo recipe ({args.learning_model}, {scale.size}, batch {scale.batch_size} x "
+            f"seq-len {scale.seq_len}, {' '.join(scale.train_options)}, "
+            f"{args.learning_epochs or scale.epochs} epochs) with `recseg train` on "
+            f"{args.device.type}, {args.threads} threads; held-out = val split: "
+            f"{args.learning_heldout_videos} videos of people not in the train footage over "
+            f"backgrounds no train clip uses. Time to a working model (fg IoU >= "
+            f"{WORKING:.2f}): {verdict}."
+        ),
+        details={"run_id": run_id, "store": str(store), "curve": points},
+    )

@@ -1,0 +1,34 @@
+"""``--init-from``: start a new run from another model's weights.
+
+Every tensor whose name and shape match is copied: a recurrent model (GRU/LSTM at the decoder
+or output) warm-starts from a trained plain model of the same backbone, and only its recurrent
+unit starts from scratch. Training then continues with the run's own schedule.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from recseg.errors import InputError
+from recseg.models.deeplab import RecurrentDeepLab
+
+
+def warm_start(model: RecurrentDeepLab, uri: str) -> str:
+    """Copy the matching weights of the model at ``uri`` into ``model``; ``"copied/total"``.
+
+    ``InputError`` (one line) when ``uri`` names no recseg model or nothing matches."""
+    from recseg.tracking.model_uri import load_network
+
+    try:
+        with torch.random.fork_rng():  # building the source model must not move the seed
+            source = load_network(uri).model.state_dict()
+    except InputError as exc:
+        raise InputError(f"--init-from: {exc}") from None
+    target = model.state_dict()
+    matched = {
+        k: v for k, v in source.items() if k in target and tuple(target[k].shape) == tuple(v.shape)
+    }
+    if not any(k in target and target[k].is_floating_point() for k in matched):
+        raise InputError(f"--init-from {uri}: none of its weights fit this model's layers")
+    model.load_state_dict(matched, strict=False)
+    return f"{len(matched)}/{len(target)}"
