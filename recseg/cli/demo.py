@@ -68,7 +68,12 @@ class DemoConfig:
         metadata=option("Models to train and compare, comma separated.", check=_models),
     )
     epochs: int = dataclasses.field(
-        default=0, metadata=option("Epochs per model; 0: 6 (2 with --quick).", check=at_least(0))
+        default=0,
+        metadata=option(
+            "Epochs per model; 0: 4, and 2 for the warm-started recurrent one (2 and 1 with "
+            "--quick).",
+            check=at_least(0),
+        ),
     )
     quick: bool = dataclasses.field(
         default=False,
@@ -123,12 +128,14 @@ class ThesisConfig:
 @click_options(DemoConfig)
 def demo_cmd(**values: object) -> None:
     """The platform end to end on embedded demo data: hard greenscreen footage -> clip store
-    -> train a plain and a recurrent model -> evaluate -> promote the better one -> segment a
-    test video onto a new background with it.
+    -> train a plain model, then a recurrent one from its weights -> evaluate -> promote the
+    better one -> score it on held-out people and backgrounds -> segment a held-out person in
+    front of a real photo (and real videos found on the machine) with it.
 
-    Every step is a recseg command, shown as it runs. Ends with the paths of the outputs and
-    the command that opens the runs' compare view in the MLflow UI. About 5 minutes on 2 CPU
-    cores; --quick runs a reduced version in about one.
+    Every step is a recseg command, shown as it runs. Ends with the paths of the outputs, the
+    runs' test scores, the champion's held-out foreground IoU and the command that opens the
+    runs' compare view in the MLflow UI. About 10 minutes on 2 CPU cores; --quick runs a
+    reduced version in about two.
     """
     cfg = build(DemoConfig, values)
     from recseg.workflows import demo, plan
