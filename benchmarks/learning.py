@@ -106,7 +106,7 @@ def curve(client: MlflowClient, run_id: str) -> list[dict[str, Any]]:
             "fg_iou": m.value,
             "miou": miou[e].value if e in miou else None,
             "lr": lr[e].value if e in lr else None,
-        }  # fmt: skip
+        }
         for e, m in sorted(fg.items())
     ]
 

@@ -69,9 +69,9 @@ class DemoPlan:
 
 
 def _photos(layout: plan.Layout) -> list[Path]:
-    """The held-out backgrounds (test backgrounds of the main store), real photos first."""
+    """The held-out backgrounds (test backgrounds of the main store), photographs first."""
     found = sorted((layout.heldout / "backgrounds").iterdir())
-    return sorted(found, key=lambda f: f.name.startswith(heldout.TEXTURE))
+    return sorted(found, key=lambda f: heldout.photo_rank(f.name))
 
 
 def _segment(p: DemoPlan, video: Path, out: Path, masks: Path, background: Path) -> Step:

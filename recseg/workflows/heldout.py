@@ -23,6 +23,14 @@ from recseg.workflows.plan import Layout, Scale
 from recseg.workflows.steps import Step
 
 TEXTURE = "texture-"  # generated textures: not real photos
+# photographs first (Debian's lomiri wallpapers and mate nature photos, scikit-image's photos),
+# then other wallpapers, then generated textures
+PHOTOS = ("lomiri-", "mate-nature-", "skimage-")
+
+
+def photo_rank(name: str) -> int:
+    """0 for a photograph, 1 for another image, 2 for a generated texture."""
+    return 0 if name.startswith(PHOTOS) else 2 if name.startswith(TEXTURE) else 1
 
 
 def footage_step(layout: Layout, scale: Scale) -> Step:
@@ -74,14 +82,13 @@ def evaluate_step(layout: Layout, model_uri: str) -> Step:
 
 
 def write_video(layout: Layout, out: Path) -> str:
-    """The held-out clips of one person over a real photo (a texture when there is no photo),
+    """The held-out clips of one person over a photograph (else another image, else a texture),
     one after the other, as an mp4; the background's name."""
     store = ClipStore(layout.heldout_store)
     clips = store.clips("test")
     if not clips:
         raise InputError(f"{layout.heldout_store}: the held-out store has no test clips")
-    photos = [c for c in clips if not Path(c.background).name.startswith(TEXTURE)]
-    first = (photos or clips)[0]
+    first = min(clips, key=lambda c: photo_rank(Path(c.background).name))
     chosen = [c for c in clips if c.video == first.video and c.background == first.background]
     frames = np.concatenate([store.open(c).frames() for c in chosen])
     with Mp4Writer(out, first.fps, frames.shape[1:3], rgb=True) as writer:
