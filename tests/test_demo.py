@@ -160,7 +160,16 @@ def test_thesis_quick_with_two_seeds(demo: Demo) -> None:
         "tags.`recseg.kind` = 'train'",
     )
     assert sorted(int(r.data.params["seed"]) for r in runs) == [0, 0, 1, 1]
-    assert (demo.root / "thesis" / "report" / "report.md").is_file()
+    assert all("test_fg_iou_clean" in r.data.metrics for r in runs)
+    report = demo.root / "thesis" / "report"
+    assert (report / "report.md").is_file()
+    # recurrent − base per metric with a 95 % interval, in the report and its files
+    assert "## Recurrent − base, with 95 % intervals" in done.stdout
+    row = r"^\| Deep_mobile_gruV1 \(CrossDice\) \| foreground IoU \| [+-]\d"
+    assert re.search(row, done.stdout, re.M), done.stdout
+    assert {"intervals.csv", "fg_iou_by_event.png", "iou_around_events.png"} <= {
+        f.name for f in report.iterdir()
+    }
 
 
 def test_demo_stops_at_a_failing_step(tmp_path: Path) -> None:

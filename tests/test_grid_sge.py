@@ -174,6 +174,21 @@ def test_sweep_submits_each_configuration_once(
     retry = recseg(*held, "--retry", "--dry-run", cwd=tmp_path, env=env)
     assert "retry: model=Deep+_mobile loss=CrossEntropy" in retry.stdout, retry.stdout
 
+    # the sweep -> evaluate -> report path of the full thesis comparison, reduced
+    scored = recseg("evaluate", "--data", str(small_store), "--experiment", "grid-sweep",
+                    "--latency-frames", "0", "--video-frames", "0", "--num-workers", "0",
+                    cwd=tmp_path, env=env)  # fmt: skip
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    report = recseg("report", "--experiment", "grid-sweep", "--out", "report", cwd=tmp_path,
+                    env=env)  # fmt: skip
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "## Recurrent − base, with 95 % intervals" in report.stdout, report.stdout
+    rows = [ln for ln in report.stdout.splitlines()
+            if ln.startswith("| Deep_mobile_gruV1 (CrossDice) | ")]  # fmt: skip
+    assert {ln.split(" | ")[1] for ln in rows} >= {"foreground IoU", "temporal error (per true "
+                                                    "person pixel)"}, report.stdout  # fmt: skip
+    assert (tmp_path / "report" / "intervals.csv").is_file()
+
 
 def test_restart_limit_qdel_bad_input_and_lr_find(
     grid_engine, store: Path, tmp_path: Path, mlflow_server: str

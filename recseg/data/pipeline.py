@@ -44,7 +44,7 @@ class Work:
     truth_dir: Path | None
     _cache: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     _videos: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    _truth: tuple[Path, np.ndarray] | None = None
+    _truth: tuple[Path, np.ndarray, np.ndarray | None] | None = None
 
     @functools.cached_property
     def size(self) -> tuple[int, int]:
@@ -53,10 +53,19 @@ class Work:
 
     def truth(self, path: Path) -> np.ndarray:
         """The true masks (N, H, W) bool of one video (the last one is cached)."""
+        self._load_truth(path)
+        return self._truth[1]  # type: ignore[index]
+
+    def events(self, path: Path) -> np.ndarray | None:
+        """The per-frame event codes (N,) of one video's truth (``recseg footage --hard``)."""
+        self._load_truth(path)
+        return self._truth[2]  # type: ignore[index]
+
+    def _load_truth(self, path: Path) -> None:
         if self._truth is None or self._truth[0] != path:
             with np.load(path) as data:
-                self._truth = (path, data["masks"])
-        return self._truth[1]
+                events = data["events"] if "events" in data.files else None
+                self._truth = (path, data["masks"], events)
 
     def background(self, name: str) -> np.ndarray:
         """A background fitted to the store size (cached): an image (H, W, 3), or a video's
@@ -273,6 +282,7 @@ def _make_clip(
         **({"background_offset": offset} if offset is not None else {}),
         "intersection": inter,
         "union": union,
+        **_events(work, source, src_idx),
     }
     write_clip(path, out, labels, meta, layers=(fgs, alphas))
     return meta
@@ -312,6 +322,18 @@ def _true_labels(work: Work, source: Source, src_idx: list[int]) -> np.ndarray |
             for i in src_idx
         ]
     ).astype(np.uint8)
+
+
+def _events(work: Work, source: Source, src_idx: list[int]) -> dict[str, list[int]]:
+    """``{"events": per-frame event codes}`` when the video's truth records events (0 normal,
+    1 occluded, 2 burst, 3 dropped, 4 motion blur), else nothing."""
+    if work.truth_dir is None:
+        return {}
+    path = work.truth_dir / f"{source.path.stem}.npz"
+    codes = work.events(path) if path.is_file() else None
+    if codes is None or max(src_idx) >= len(codes):
+        return {}
+    return {"events": [int(codes[i]) for i in src_idx]}
 
 
 def _counts(true: np.ndarray | None, keyed: np.ndarray) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from recseg.data.loader import TemporalLoader
+from recseg.evaluation.frames import FrameRecorder
 from recseg.evaluation.metrics import SegmentationMetrics
 from recseg.faults import fail_point
 from recseg.models.state import State
@@ -75,8 +76,10 @@ def evaluate(
     amp: bool = False,
     samples: int = 4,
     progress: bool = False,
+    recorder: FrameRecorder | None = None,
 ) -> EvalResult:
-    """Loss and metrics of ``model`` on ``loader``'s split (evaluation mode, no augmentation).
+    """Loss and metrics of ``model`` on ``loader``'s split (evaluation mode, no augmentation);
+    ``recorder`` also collects per-frame counts.
 
     Leaves the model in eval mode; the caller switches back to training.
     """
@@ -96,7 +99,10 @@ def evaluate(
         if real:
             loss_sum += float(loss_fn(logits.float(), labels)) * real
             frames_seen += real
-        metrics.update(logits.argmax(2), labels, reset)
+        pred = logits.argmax(2)
+        metrics.update(pred, labels, reset)
+        if recorder is not None:
+            recorder.update(pred, labels, batch)
         fail_point("evaluate")
         if picked is None and samples:
             picked = _pick_samples(batch, logits, samples)

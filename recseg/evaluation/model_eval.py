@@ -16,10 +16,11 @@ import torch
 
 from recseg.data.footage.video import Mp4Writer
 from recseg.data.loader import make_loader
-from recseg.data.store import ClipStore
+from recseg.data.store import ClipStore, read_meta
 from recseg.errors import InputError
 from recseg.evaluation.config import EvaluateConfig
 from recseg.evaluation.evaluate import evaluate
+from recseg.evaluation.frames import FrameRecorder, split_metrics, summaries
 from recseg.evaluation.latency import Latency, gflops_per_frame, measure_latency
 from recseg.evaluation.samples import encode_png, prediction_panel
 from recseg.inference.optimize import optimize
@@ -40,6 +41,7 @@ class ModelEvaluation:
     latency: Latency | None
     grid_png: bytes | None
     video_mp4: bytes | None
+    per_clip: dict[str, Any] = dataclasses.field(default_factory=dict)  # first split's clips
 
 
 def split_prefix(split: str) -> str:
@@ -131,8 +133,9 @@ def evaluate_model(
     size = eval_size(cfg, loaded, store)
     loss_fn = build_loss(loss_name)
     metrics: dict[str, float] = {}
-    grid = None
+    grid, per_clip = None, {}
     for split in cfg.split_names:
+        recorder = FrameRecorder()
         result = evaluate(
             model,
             _loader(store, split, cfg, size, cfg.batch_size),
@@ -140,12 +143,17 @@ def evaluate_model(
             device,
             samples=4,
             progress=progress,
+            recorder=recorder,
         )
         prefix = split_prefix(split)
-        metrics.update({f"{prefix}{k}": v for k, v in result.metrics.items()})
-        if split == cfg.split_names[0] and result.samples is not None:
-            s = result.samples
-            grid = encode_png(prediction_panel(s.frames, s.labels, s.probs))
+        clips = summaries(recorder, split_events(store, split))
+        frame_metrics = {k: v for k, v in split_metrics(clips).items() if k != "fg_iou"}
+        metrics.update({f"{prefix}{k}": v for k, v in {**result.metrics, **frame_metrics}.items()})
+        if split == cfg.split_names[0]:
+            per_clip = clips
+            if result.samples is not None:
+                s = result.samples
+                grid = encode_png(prediction_panel(s.frames, s.labels, s.probs))
     first = cfg.split_names[0]
     latency = None
     if cfg.latency_frames:
@@ -169,4 +177,9 @@ def evaluate_model(
         "threads": torch.get_num_threads(),
         "store": str(store.root),
     }
-    return ModelEvaluation(metrics, info, latency, grid, video)
+    return ModelEvaluation(metrics, info, latency, grid, video, per_clip)
+
+
+def split_events(store: ClipStore, split: str) -> dict[str, list[int] | None]:
+    """Per clip id, the per-frame event codes its metadata records (None: none recorded)."""
+    return {r.id: read_meta(store.path(r)).get("events") for r in store.clips(split)}

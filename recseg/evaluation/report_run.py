@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from recseg.config import as_params
 from recseg.data.store import atomic_write_bytes
 from recseg.errors import InputError
+from recseg.evaluation import memory
 from recseg.evaluation.figures import figures
 from recseg.evaluation.report import RunRecord, per_run_csv, summary_table, to_csv
 from recseg.evaluation.thesis import report_markdown, verdicts
@@ -47,10 +48,12 @@ def table_files(records: list[RunRecord], rows: list[dict]) -> dict[str, bytes]:
 
 def report_files(
     records: list[RunRecord], rows: list[dict], title: str
-) -> tuple[str, dict[str, bytes]]:
-    """The markdown text and every file of the report (name -> bytes)."""
-    text = report_markdown(rows, records, title, footer=made_on())
-    return text, {"report.md": text.encode("utf-8"), **table_files(records, rows)}
+) -> tuple[str, dict[str, bytes], dict[str, float]]:
+    """The markdown text, every file of the report (name -> bytes) and the summary run's
+    metrics of the memory section (recurrent − base with 95 % intervals)."""
+    section, found, files = memory.section(records)
+    text = report_markdown(rows, records, title, footer=made_on(), memory=section)
+    return text, {"report.md": text.encode("utf-8"), **table_files(records, rows), **files}, found
 
 
 def _write(folder: Path, files: dict[str, bytes]) -> None:
@@ -65,7 +68,7 @@ def run_report(cfg: ReportConfig, echo: Echo = print) -> int:
     records = _records(MlflowClient(), cfg.experiment)
     title = cfg.title or f"recseg report: {cfg.experiment}"
     rows = summary_table(records)
-    text, files = report_files(records, rows, title)
+    text, files, found = report_files(records, rows, title)
     if cfg.out:
         _write(Path(cfg.out), files)
     wins = sum(v.beyond_spread for v in verdicts(rows, records))
@@ -73,7 +76,7 @@ def run_report(cfg: ReportConfig, echo: Echo = print) -> int:
         log_new_params(as_params(cfg))
         mlflow.set_tag(NOTE_TAG, text)
         log_files(files, "report")
-        mlflow.log_metrics({"runs_reported": len(records), "flicker_wins": wins})
+        mlflow.log_metrics({"runs_reported": len(records), "flicker_wins": wins, **found})
         echo(text.rstrip("\n"))
         where = f" and {cfg.out}" if cfg.out else ""
         echo(f"\nreport run {active.info.run_id} in experiment {cfg.experiment}{where}")

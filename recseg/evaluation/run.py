@@ -33,6 +33,7 @@ from recseg.training.finish import MODEL_LOGGED
 from recseg.training.setup import open_store, pick_device
 
 Echo = Callable[[str], None]
+PER_CLIP = "evaluation/per_clip.json"  # per test clip: counts by event kind, recoveries, windows
 
 
 @dataclasses.dataclass
@@ -69,6 +70,8 @@ def _artifacts(result: ModelEvaluation, split: str) -> dict[str, bytes]:
             indent=2,
         ).encode()
     }
+    if result.per_clip:
+        out[PER_CLIP] = json.dumps({"split": split, "clips": result.per_clip}).encode()
     if result.grid_png:
         out[f"evaluation/{split}_predictions.png"] = result.grid_png
     if result.video_mp4:

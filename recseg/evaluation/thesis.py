@@ -147,8 +147,9 @@ def answer(found: Sequence[Verdict]) -> str:
 
 
 def report_markdown(rows: Sequence[dict], records: Sequence[RunRecord], title: str,
-                    footer: str = "") -> str:  # fmt: skip
-    """The whole report: title, table, legend, the flicker verdicts and the answer."""
+                    footer: str = "", memory: str = "") -> str:  # fmt: skip
+    """The whole report: title, table, legend, the flicker verdicts and the answer, then the
+    ``memory`` section (recurrent − base with 95 % intervals) when given."""
     found = verdicts(rows, records)
     parts = [
         f"# {title}",
@@ -166,6 +167,9 @@ def report_markdown(rows: Sequence[dict], records: Sequence[RunRecord], title: s
         f"**{answer(found)}** Spread = the larger of the two variants' seed-to-seed ranges "
         "(max − min over seeds).",
     ]
+    if memory:
+        parts += ["", "## Recurrent − base, with 95 % intervals (bootstrap over test clips and "
+                  "seeds)", "", memory]  # fmt: skip
     if footer:
         parts += ["", footer]
     return "\n".join(parts) + "\n"
