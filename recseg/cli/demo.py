@@ -70,7 +70,7 @@ class DemoConfig:
     epochs: int = dataclasses.field(
         default=0,
         metadata=option(
-            "Epochs per model; 0: 4, and 2 for the warm-started recurrent one (2 and 1 with "
+            "Epochs per model; 0: 4, and 2 for the warm-started recurrent one (2 each with "
             "--quick).",
             check=at_least(0),
         ),

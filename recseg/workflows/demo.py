@@ -38,7 +38,7 @@ FULL = plan.Scale(videos=24, seconds=6, footage_size="144x256", size="144x256", 
 QUICK = plan.Scale(videos=3, seconds=2, footage_size="144x256", size="72x128", clip_seconds=1,
                    epochs=2, batch_size=2, seq_len=2, num_workers=0,
                    train_options=("--schedule", "onecycle", "--lr", "0.002"),
-                   heldout_videos=1, warm_start=True, warm_epochs=1)  # fmt: skip
+                   heldout_videos=1, warm_start=True, warm_epochs=2)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
