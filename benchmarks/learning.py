@@ -60,7 +60,7 @@ def build_store(args: argparse.Namespace, work: Path, uri: str) -> Path:
         for video in sorted((work / source / "videos").glob("*.mp4")):
             _link(video, work / "videos" / split / f"{source}-{video.name}")
             _link(work / source / "truth" / f"{video.stem}.npz",
-                  work / "truth" / f"{split}-{source}-{video.stem}.npz")  # fmt: skip
+                  work / "truth" / f"{source}-{video.stem}.npz")  # fmt: skip
     _run(["preprocess", "--videos", str(work / "videos"),
           "--backgrounds", str(work / "people" / "backgrounds"), "--out", str(store),
           "--size", scale.size, "--clip-seconds", f"{scale.clip_seconds:g}",
@@ -146,7 +146,8 @@ def run(args: argparse.Namespace) -> Part:
             f"{args.learning_epochs or scale.epochs} epochs) with `recseg train` on "
             f"{args.device.type}, {args.threads} threads; held-out = val split: "
             f"{args.learning_heldout_videos} videos of people not in the train footage over "
-            f"backgrounds no train clip uses. Time to a working model (fg IoU >= "
+            f"backgrounds no train clip uses; all {scale.videos} footage videos train (the demo's "
+            f"own train split holds 70 % of them). Time to a working model (fg IoU >= "
             f"{WORKING:.2f}): {verdict}."
         ),
         details={"run_id": run_id, "store": str(store), "curve": points},
