@@ -15,7 +15,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 help:
 	@echo "make demo       install, then demo footage -> clip store -> train 2 models -> evaluate -> promote -> segment"
-	@echo "make thesis     install, then the thesis's comparison (5 variants x 2 seeds, ~50 min on 2 cores) and its table"
+	@echo "make thesis     install, then the thesis's comparison (5 variants x 3 seeds, ~90 min on 2 cores) and its report"
 	@echo "make test       install, then lint (ruff) and run the test suite (pytest)"
 	@echo "make bench      install, then run the benchmark suite (table + benchmarks/results.json)"
 	@echo "make lint       ruff check + format check"

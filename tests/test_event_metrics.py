@@ -153,3 +153,15 @@ def test_preprocess_keeps_the_footage_event_codes(tmp_path) -> None:
             assert meta["events"] == [int(truth[i]) for i in meta["source_frames"]]
             seen |= set(meta["events"])
     assert 0 in seen and seen - {0}  # hard footage has events
+
+
+def test_seeds_of_one_configuration_form_one_group_whatever_they_derive() -> None:
+    """The lanes pack the clips a few steps differently per seed: steps_per_epoch, total_steps
+    and cycle_steps differ, the configuration does not (one report row with n = seeds)."""
+    from recseg.tracking.evaluate import _group
+
+    a = {"model": "Deep+_mobile", "seed": "0", "steps_per_epoch": "330", "total_steps": "330",
+         "cycle_steps": "1320", "lr": "0.003"}  # fmt: skip
+    b = {**a, "seed": "2", "steps_per_epoch": "328", "total_steps": "328", "cycle_steps": "1312"}
+    assert _group(a) == _group(b)
+    assert _group(a) != _group({**a, "lr": "0.001"})

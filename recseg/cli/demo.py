@@ -157,7 +157,8 @@ def thesis_cmd(**values: object) -> None:
     error, frames to recover after an event) with a 95 % bootstrap interval over test clips
     and seeds, in plain words.
 
-    About 75 minutes on 2 CPU cores with the defaults (an estimate from the per-epoch times).
+    About 90 minutes on 2 CPU cores with the defaults (estimated from measured run times: about
+    3 minutes per base or V1 run, 9 per V3 run).
     """
     cfg = build(ThesisConfig, values)
     from recseg.workflows import plan, thesis

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+PER_CLIP = "evaluation/per_clip.json"  # the artifact `recseg evaluate` writes these summaries to
 EVENT_KINDS = {1: "occluded", 2: "burst", 3: "dropped", 4: "motion_blur"}
 RECOVERY_POINTS = 0.05  # back within 5 IoU points of the level before the event
 PRE_FRAMES = 5  # clean frames before an event that set its level

@@ -22,11 +22,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from mlflow.exceptions import MlflowException
 
-from recseg.evaluation.frames import EVENT_KINDS, WINDOW, event_window
+from recseg.evaluation.frames import EVENT_KINDS, PER_CLIP, WINDOW, event_window
 from recseg.evaluation.intervals import METRICS, Difference, compare
 from recseg.evaluation.report import RunRecord
 
-PER_CLIP = "evaluation/per_clip.json"
 KINDS = ("clean", *EVENT_KINDS.values())
 
 

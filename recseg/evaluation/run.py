@@ -15,6 +15,7 @@ from mlflow.entities import Run
 from recseg.config import as_params
 from recseg.data.store import ClipStore
 from recseg.evaluation.config import DEFAULT_EXPERIMENT, EvaluateConfig
+from recseg.evaluation.frames import PER_CLIP
 from recseg.evaluation.model_eval import (
     ModelEvaluation,
     check_splits,
@@ -33,7 +34,6 @@ from recseg.training.finish import MODEL_LOGGED
 from recseg.training.setup import open_store, pick_device
 
 Echo = Callable[[str], None]
-PER_CLIP = "evaluation/per_clip.json"  # per test clip: counts by event kind, recoveries, windows
 
 
 @dataclasses.dataclass

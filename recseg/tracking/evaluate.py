@@ -88,9 +88,14 @@ def eval_tags(info: dict[str, Any], store_digest: str) -> dict[str, Any]:
     }
 
 
+# params a run derives from its options and its seed (how the lanes pack the clips differs by a
+# few steps from seed to seed; --init-from's count of tensors): not part of a configuration
+DERIVED = ("steps_per_epoch", "total_steps", "cycle_steps", "init_tensors")
+
+
 def _group(params: dict[str, str]) -> str:
     """Runs that differ only by seed (and job options) form one configuration."""
-    skip = {"seed", *JOB_OPTIONS}
+    skip = {"seed", *JOB_OPTIONS, *DERIVED}
     keep = {k: v for k, v in params.items() if k not in skip and not k.startswith("resolved_")}
     return json.dumps(keep, sort_keys=True)
 

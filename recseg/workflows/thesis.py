@@ -26,10 +26,10 @@ FAST = ("--schedule", "onecycle", "--lr", "0.002")
 VARIANTS = ("Deep+_mobile", "Deep_mobile_gruV3", "Deep_mobile_gruV1", "Deep_mobile_lstmV3",
             "Deep_mobile_lstmV1")  # fmt: skip
 # The demo's recipe (docs/recipe.md) for every variant from random init (no warm start: the
-# same training for all); 30 videos of 8 s: the test split holds 5 videos, 600 frames at 15 fps.
+# same training for all); 34 videos of 8 s: the test split holds 5 videos, 600 frames at 15 fps.
 RECIPE = ("--schedule", "onecycle", "--lr", "0.003", "--output-stride", "16",
           "--piece-frames", "8")  # fmt: skip
-FULL = plan.Scale(videos=30, seconds=8, footage_size="144x256", size="144x256", clip_seconds=4,
+FULL = plan.Scale(videos=34, seconds=8, footage_size="144x256", size="144x256", clip_seconds=4,
                   epochs=1, batch_size=4, seq_len=2, num_workers=1,
                   train_options=RECIPE)  # fmt: skip
 QUICK = dataclasses.replace(DEMO_QUICK, warm_start=False)  # the quick demo's scale
