@@ -149,7 +149,7 @@ def test_thesis_quick_with_two_seeds(demo: Demo) -> None:
     """``recseg thesis --quick``: base and one recurrent variant x 2 seeds, evaluated and
     reported; mean ± std over the seeds and a flicker verdict in the printed table."""
     done = run_recseg("thesis", "--quick", "--out", "thesis", "--experiment", "thesis-ci",
-                      "--variants", "Deep+_mobile,Deep_mobile_gruV1", cwd=demo.root,
+                      "--variants", "Deep+_mobile,Deep_mobile_gruV1", "--seeds", "2", cwd=demo.root,
                       env=demo.env)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = [ln for ln in done.stdout.splitlines() if ln.startswith(("| base |", "| + GRUV1 |"))]

@@ -125,7 +125,7 @@ def test_soft_limit_spans_jobs_of_one_run_and_evaluation_waits(
 
 
 def test_sweep_submits_each_configuration_once(
-    grid_engine, small_store: Path, tmp_path: Path, mlflow_server: str
+    grid_engine, small_store: Path, store: Path, tmp_path: Path, mlflow_server: str
 ) -> None:
     args = ["sweep", "--data", str(small_store), "--model", "Deep+_mobile,Deep_mobile_gruV1",
             "--loss", "CrossDice,SoftDice", "--epochs", "1", "--batch-size", "2",
@@ -174,8 +174,9 @@ def test_sweep_submits_each_configuration_once(
     retry = recseg(*held, "--retry", "--dry-run", cwd=tmp_path, env=env)
     assert "retry: model=Deep+_mobile loss=CrossEntropy" in retry.stdout, retry.stdout
 
-    # the sweep -> evaluate -> report path of the full thesis comparison, reduced
-    scored = recseg("evaluate", "--data", str(small_store), "--experiment", "grid-sweep",
+    # the sweep -> evaluate -> report path of the full thesis comparison, reduced (scored on a
+    # store with a test split: the small one has none)
+    scored = recseg("evaluate", "--data", str(store), "--experiment", "grid-sweep",
                     "--latency-frames", "0", "--video-frames", "0", "--num-workers", "0",
                     cwd=tmp_path, env=env)  # fmt: skip
     assert scored.returncode == 0, scored.stderr[-2000:]
