@@ -11,13 +11,14 @@ PIP_FLAGS ?= --progress-bar off --disable-pip-version-check
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install test lint format demo thesis bench mlproject lock clean
+.PHONY: help install test lint format demo thesis bench bench-quick mlproject lock clean
 
 help:
 	@echo "make demo       install, then demo footage -> clip store -> train 2 models -> evaluate -> promote -> segment"
 	@echo "make thesis     install, then the thesis's comparison (5 variants x 3 seeds, ~90 min on 2 cores) and its report"
 	@echo "make test       install, then lint (ruff) and run the test suite (pytest)"
-	@echo "make bench      install, then run the benchmark suite (table + benchmarks/results.json)"
+	@echo "make bench      install, then every benchmark part (~16 min on 2 cores): benchmarks/results.json + README table"
+	@echo "make bench-quick  install, then every benchmark part in a reduced form (~3 min): benchmarks/results-quick.json"
 	@echo "make lint       ruff check + format check"
 	@echo "make mlproject  regenerate MLproject from the typed configs"
 	@echo "make lock       regenerate constraints.txt from the current .venv"
@@ -45,12 +46,20 @@ test: lint
 demo: $(STAMP)
 	$(BIN)/recseg demo $(DEMO_ARGS)
 
-# base vs GRU/LSTM at the decoder and output, 2 seeds each, on hard footage; prints the table
+# base vs GRU/LSTM at the decoder and output, 3 seeds each, on hard footage; prints the table
 thesis: $(STAMP)
 	$(BIN)/recseg thesis $(THESIS_ARGS)
 
+# every part (~16 min on 2 cores); a run of every part replaces benchmarks/results.json, then the
+# README's performance block (between <!-- bench:start --> and <!-- bench:end -->) is rewritten
+# from it (also after --check found a missed target; the exit status is the benchmark's)
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks $(BENCH_ARGS); status=$$?; \
+	  $(BIN)/python -m benchmarks.report --readme && exit $$status
+
+# every part in a reduced form (~3 min): a first look, into benchmarks/results-quick.json
+bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks --quick $(BENCH_ARGS)
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

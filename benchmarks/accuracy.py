@@ -7,7 +7,7 @@ import argparse
 
 import torch
 
-from benchmarks.common import Part
+from benchmarks.common import Part, note
 from recseg.data.loader import make_loader
 from recseg.evaluation.evaluate import evaluate
 from recseg.inference.optimize import optimize
@@ -67,8 +67,10 @@ def run(args: argparse.Namespace) -> Part:
     loss_fn = build_loss("CrossDice").to(device)
     scores = {}
     for path in ("reference", "fp32", "bf16"):
+        note(f"{path}: evaluating the test split ...")
         net = loaded.model if path == "reference" else optimize(loaded.model, path, device)
         scores[path] = evaluate(net, loader, loss_fn, device, samples=0).metrics
+    note("bf16 against the reference: pixel agreement ...")
     agreement = mask_agreement(loaded.model, optimize(loaded.model, "bf16", device), loader, device)
     base = scores["reference"]["fg_iou"]
     rows = [

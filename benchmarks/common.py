@@ -48,6 +48,7 @@ class Part:
     figures: dict[str, float | None]
     method: str
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    wall_s: float | None = None  # the part's wall seconds (set by ``python -m benchmarks``)
 
     def markdown(self) -> str:
         head = "| " + " | ".join(self.columns) + " |"
@@ -57,7 +58,10 @@ class Part:
 
     def to_dict(self) -> dict[str, Any]:
         rows = [dict(zip(self.columns, row, strict=True)) for row in self.rows]
-        return {"method": self.method, "figures": self.figures, "rows": rows, **self.details}
+        timing = {} if self.wall_s is None else {"wall_s": self.wall_s}
+        return {
+            "method": self.method, "figures": self.figures, **timing, "rows": rows, **self.details
+        }  # fmt: skip
 
 
 def _cell(value: Any) -> str:
@@ -126,6 +130,19 @@ def _commit() -> str | None:
         return _git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+_PART_START = [time.perf_counter()]
+
+
+def part_started() -> None:
+    """Restart the clock of ``note`` (``python -m benchmarks`` calls it before each part)."""
+    _PART_START[0] = time.perf_counter()
+
+
+def note(message: str) -> None:
+    """A progress line inside a part: seconds since the part started, then ``message``."""
+    print(f"  [{time.perf_counter() - _PART_START[0]:4.0f} s] {message}", flush=True)
 
 
 def sync(device: torch.device) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from skimage import data as skdata
 
-from benchmarks.common import TARGETS, Part, median, ratio
+from benchmarks.common import TARGETS, Part, median, note, ratio
 from benchmarks.training import train_step_rate
 from recseg.data.backgrounds import encode_jpeg
 from recseg.data.loader import make_loader
@@ -170,7 +170,7 @@ def _timed(args: argparse.Namespace, s: dict[str, Any]) -> tuple[dict[int, Any],
     if args.loader_store is not None:
         store = ClipStore(args.loader_store)
         h, w = store.size
-        timed = {n: time_loader(store.root, n, s["epochs"]) for n in s["workers"]}
+        timed = {n: _time_workers(store.root, n, s["epochs"]) for n in s["workers"]}
         return (
             timed,
             f"the train split of {store.root} (store version {store.version}) at {h}x{w}",
@@ -180,13 +180,21 @@ def _timed(args: argparse.Namespace, s: dict[str, Any]) -> tuple[dict[int, Any],
     shutil.rmtree(root, ignore_errors=True)
     try:
         t0 = time.perf_counter()
+        note(f"building a synthetic store: {s['clips']} clips x {s['frames']} frames ...")
         build_store(root / "store", s["clips"], s["frames"], SIZE)
         built = time.perf_counter() - t0
-        timed = {n: time_loader(root / "store", n, s["epochs"]) for n in s["workers"]}
+        timed = {n: _time_workers(root / "store", n, s["epochs"]) for n in s["workers"]}
     finally:
         shutil.rmtree(root, ignore_errors=True)
     what = f"{s['clips']} synthetic clips x {s['frames']} frames at {SIZE[0]}x{SIZE[1]}"
     return timed, what, built
+
+
+def _time_workers(root: Path, workers: int, epochs: int) -> dict[str, Any]:
+    note(f"loader, {workers} worker(s): {epochs} epoch(s) ...")
+    timed = time_loader(root, workers, epochs)
+    note(f"loader, {workers} worker(s): {timed['fps']:.0f} frames/s")
+    return timed
 
 
 def run(args: argparse.Namespace) -> Part:
@@ -196,8 +204,9 @@ def run(args: argparse.Namespace) -> Part:
     timed, what, built = _timed(args, s)
     size = ClipStore(args.loader_store).size if args.loader_store is not None else SIZE
     model = args.loader_model
+    note(f"training step of {model}: 1 warm-up + {s['steps']} timed step(s) ...")
     step = train_step_rate(model, (BATCH, SEQ_LEN), size, args.device, s["steps"])
-    train_fps, note = step["fps"], f"{s['steps']} step(s), {step['seconds']:.2f} s/step"
+    train_fps, how = step["fps"], f"{s['steps']} step(s), {step['seconds']:.2f} s/step"
     best = max(timed, key=lambda w: timed[w]["fps"])
     best_fps = timed[best]["fps"]
     over = ratio(best_fps, train_fps)
@@ -207,7 +216,7 @@ def run(args: argparse.Namespace) -> Part:
         columns=["what", "workers", "frames/s", "first batch s", "x training step", "met"],
         rows=[
             *(_loader_row(w, r, train_fps) for w, r in timed.items()),
-            [f"training step {model} ({args.device.type}; {note})", "-", train_fps, None, 1.0, ""],
+            [f"training step {model} ({args.device.type}; {how})", "-", train_fps, None, 1.0, ""],
         ],
         figures={"loader_frames_per_s": best_fps, "loader_over_train_step": over},
         method=(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import cv2
 
-from benchmarks.common import TARGETS, Part
+from benchmarks.common import TARGETS, Part, note
 
 if TYPE_CHECKING:
     from recseg.data.footage import FootageConfig
@@ -82,6 +82,7 @@ def preprocess_once(
     from recseg.data.footage import make_footage
     from recseg.data.preprocess import PreprocessConfig, prepare_preprocess, run_preprocess
 
+    note(f"making footage: {footage.videos} videos x {footage.seconds:g} s at {footage.size} ...")
     make_footage(footage, root / "footage")
     cfg = PreprocessConfig(
         videos=str(root / "footage" / "videos"),
@@ -89,6 +90,7 @@ def preprocess_once(
         out=str(root / "store"),
     )
     warnings: list[str] = []
+    note("recseg preprocess on one core ...")
     with one_core() as core:
         start = time.perf_counter()
         result = run_preprocess(prepare_preprocess(cfg, warn=warnings.append), progress=False)

@@ -29,13 +29,13 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from benchmarks.common import REPO, TARGETS, Part
+from benchmarks.common import REPO, TARGETS, Part, note
 from recseg.tracking.runs import quiet_mlflow
 
 NAME = "tracking"
 DEMO_STORE = REPO / "demo" / "store"
 EXPERIMENT = "bench-overhead"
-MODEL_TAG = "recseg.model_uri"  # recseg.training.finish.MODEL_LOGGED
+MODEL_TAG = "recseg.model_uri"  # recseg.tracking.tags.MODEL_LOGGED
 TARGET = TARGETS["tracking_overhead_pct"][1]  # most overhead in % of epoch time
 
 
@@ -167,15 +167,20 @@ def _run(command: list[str], uri: str, log: Path, threads: int | None = None) ->
     return time.perf_counter() - start
 
 
-def demo_store(work: Path, uri: str) -> Path:
-    """``demo/store`` when ``make demo`` made it, else the same store built under ``work``."""
+def demo_store(work: Path, uri: str, quick: bool = False) -> Path:
+    """``demo/store`` when ``make demo`` made it, else the same store built under ``work``
+    (quick: from 3 videos of 4 s instead of 6 of 6 s)."""
     if (DEMO_STORE / "store.json").is_file():
         return DEMO_STORE
     footage, store = work / "footage", work / "store"
     if (store / "store.json").is_file():
         return store
     log = work / "demo.log"
-    _run(["footage", str(footage), "--videos", "6", "--seconds", "6"], uri, log)
+    videos, seconds = ("3", "4") if quick else ("6", "6")
+    note(
+        f"no demo/store (make demo): making demo footage ({videos} x {seconds} s), preprocessing it"
+    )
+    _run(["footage", str(footage), "--videos", videos, "--seconds", seconds], uri, log)
     videos, backgrounds = str(footage / "videos"), str(footage / "backgrounds")
     command = ["preprocess", "--videos", videos, "--backgrounds", backgrounds]
     _run([*command, "--out", str(store), "--experiment", "bench"], uri, log)
@@ -192,6 +197,7 @@ def train(model: str, args: argparse.Namespace, store: Path, work: Path, uri: st
     command += ["--checkpoint-dir", str(work / "checkpoints"), "--experiment", EXPERIMENT]
     if args.tracking_num_workers is not None:
         command += ["--num-workers", str(args.tracking_num_workers)]
+    note(f"recseg train {model}: {command[command.index('--epochs') + 1]} epoch(s) ...")
     wall = _run(command, uri, work / f"train-{model}.log", args.threads)
     return read_run(MlflowClient(tracking_uri=uri), model, wall)
 
@@ -255,9 +261,13 @@ def run(args: argparse.Namespace) -> Part:
     for old in ("server", "checkpoints", "model"):  # a reused --work: start afresh
         shutil.rmtree(work / old, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
+    note("starting a local mlflow server ...")
     with mlflow_server(work / "server") as uri:
-        store = demo_store(work, uri)
-        results = [train(model, args, store, work, uri) for model in models]
+        store = demo_store(work, uri, args.quick)
+        results = []
+        for model in models:
+            results.append(train(model, args, store, work, uri))
+            note(f"{model}: overhead {results[-1].mean_percent():.2f} % of epoch time")
         model_dir = download_model(results[0], uri, work / "model")
     trained = {"model_dir": str(model_dir), "store": str(store), "size": args.tracking_size}
     args.shared["trained_model"] = trained

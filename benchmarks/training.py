@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import Part, median, time_calls
+from benchmarks.common import Part, median, note, time_calls
 from benchmarks.inference import MODELS
 from recseg.config import parse_size
 from recseg.models import build_model
@@ -85,7 +85,11 @@ def run(args: argparse.Namespace) -> Part:
     size = parse_size(args.training_size)
     b, t = (int(v) for v in args.training_batch.lower().split("x"))
     steps = args.training_steps or (1 if args.quick else 3)
-    results = [train_step_rate(name, (b, t), size, args.device, steps) for name in names]
+    results = []
+    for k, name in enumerate(names, 1):
+        note(f"{name} ({k}/{len(names)}): 1 warm-up + {steps} timed step(s) ...")
+        results.append(train_step_rate(name, (b, t), size, args.device, steps))
+        note(f"{name}: {results[-1]['seconds']:.2f} s/step")
     args.shared["training"] = results
     shape = f"{b} x {t} x {size[0]}x{size[1]}"
     rows = [[r["model"], shape, r["seconds"], r["fps"], r["peak_mib"]] for r in results]

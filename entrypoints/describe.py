@@ -5,7 +5,7 @@ import click
 from recseg.cli import run
 from recseg.cli.models import describe_and_print
 from recseg.config import click_options
-from recseg.models.summary import DescribeConfig
+from recseg.training.summary import DescribeConfig
 
 
 @click.command()

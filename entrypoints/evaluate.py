@@ -5,7 +5,7 @@ import click
 from recseg.cli import run
 from recseg.cli.evaluate import evaluate_and_exit
 from recseg.config import click_options
-from recseg.evaluation.config import EvaluateConfig
+from recseg.tracking.evaluate_config import EvaluateConfig
 
 
 @click.command()

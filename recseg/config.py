@@ -165,3 +165,16 @@ size_check = accepts(parse_size)
 def size_or_default(value: str) -> str | None:
     """A check for a ``--size`` whose empty value means "the default size": "" or HxW."""
     return None if value == "" else size_check(value)
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def device_field(*, purpose: str = "") -> Any:
+    """``--device``, shared by every command that computes (train, lr-find, evaluate, segment):
+    a new dataclass field; ``purpose`` leads its help text ("Where to train")."""
+    text = "auto (CUDA when available), cpu or cuda."
+    return dataclasses.field(
+        default="auto",
+        metadata=option(f"{purpose}: {text}" if purpose else text, check=one_of(*DEVICES)),
+    )

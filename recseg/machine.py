@@ -1,4 +1,5 @@
-"""What machine produced a number: the CPU's name and core count (for reports and benchmarks)."""
+"""The machine: which device a command computes on (``--device``), and what machine produced a
+number (the CPU's name and core count, for reports and benchmarks)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,25 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from recseg.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def pick_device(name: str | torch.device | None) -> torch.device:
+    """``auto`` (or None): CUDA when available, else the CPU; a CUDA device without CUDA ->
+    ``InputError``."""
+    import torch  # here: this module stays light for the commands that only report the CPU
+
+    if name is None or str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available on this machine")
+    return device
 
 
 def cpu_model() -> str:

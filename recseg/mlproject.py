@@ -8,10 +8,10 @@ import yaml
 
 from recseg.config import mlproject_command, mlproject_parameters
 from recseg.data.preprocess import PreprocessConfig
-from recseg.evaluation.config import EvaluateConfig
-from recseg.models.summary import DescribeConfig
+from recseg.tracking.evaluate_config import EvaluateConfig
 from recseg.training.config import TrainConfig
 from recseg.training.lr_find import LrFindConfig
+from recseg.training.summary import DescribeConfig
 
 # entry point name -> (module run with ``python -m``, config class)
 ENTRY_POINTS: dict[str, tuple[str, type]] = {

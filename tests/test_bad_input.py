@@ -37,13 +37,13 @@ from recseg.cli.export import ExportConfig
 from recseg.config import fields
 from recseg.data.footage import FootageConfig
 from recseg.data.preprocess import PreprocessConfig
-from recseg.evaluation.config import EvaluateConfig
 from recseg.inference import SegmentConfig
 from recseg.models import build_model
-from recseg.models.summary import DescribeConfig
+from recseg.tracking.evaluate_config import EvaluateConfig
 from recseg.tracking.pyfunc import log_clip_model
 from recseg.training.config import TrainConfig
 from recseg.training.lr_find import LrFindConfig
+from recseg.training.summary import DescribeConfig
 from tests.media import recseg_in_process, run_recseg, write_backgrounds, write_video
 from tests.stores import make_store
 

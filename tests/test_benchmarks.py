@@ -9,6 +9,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = (
@@ -111,3 +114,120 @@ def test_time_to_a_working_model_is_a_target_and_never_reaching_it_misses() -> N
     assert {r[0]: r for r in summary({"time_to_working_model_s": 160.0})[0]}[
         "time_to_working_model_s"
     ][3] == "yes"
+
+
+def test_the_learning_run_stops_once_its_figure_is_decided() -> None:
+    """Stopped at the first epoch at 0.80, or after the cap (never below the 300 s target)
+    without it; open otherwise."""
+    from argparse import Namespace
+
+    from benchmarks.learning import cap_s, decided
+
+    assert cap_s(Namespace(learning_cap_s=600.0)) == 600.0
+    assert cap_s(Namespace(learning_cap_s=100.0)) == 300.0  # the target stays decidable
+    assert cap_s(Namespace(learning_cap_s=0.0)) == 0.0  # the whole recipe
+    low, high = {"wall_s": 100.0, "fg_iou": 0.5}, {"wall_s": 200.0, "fg_iou": 0.85}
+    assert decided([low], 599.0, 600.0) == "" and decided([low], 10_000.0, 0.0) == ""
+    assert "without reaching" in decided([low], 600.0, 600.0)
+    assert "first epoch at or above" in decided([low, high], 210.0, 600.0)
+
+
+def _fake_parts() -> dict[str, SimpleNamespace]:
+    """Two tiny parts in place of the real ones: each returns one figure at once."""
+
+    def part(name: str, key: str, value: float) -> SimpleNamespace:
+        from benchmarks.common import Part
+
+        return SimpleNamespace(
+            add_arguments=lambda parser: None,
+            run=lambda args: Part(name, ["x"], [[value]], {key: value}, f"{name} method"),
+        )
+
+    return {"alpha": part("alpha", "loader_frames_per_s", 500.0),
+            "beta": part("beta", "preprocess_realtime_x", 1.5)}  # fmt: skip
+
+
+def test_a_run_of_every_part_replaces_the_results_and_some_parts_merge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import benchmarks.__main__ as bench
+    from benchmarks.report import readme_block
+
+    fakes = _fake_parts()
+    monkeypatch.setattr(bench, "PARTS", tuple(fakes))
+    monkeypatch.setattr(bench, "_module", fakes.__getitem__)
+    here = {"cpu": "Test CPU", "cores": bench._cores(), "torch": "9.9", "device": "cpu"}
+    monkeypatch.setattr(bench, "machine", lambda device: here)
+    out = tmp_path / "results.json"
+    old = {
+        "machine": {"cpu": "Other CPU", "cores": 64},
+        "measured": "2020-01-01T00:00:00+00:00",
+        "figures": {"fp32_speedup_mobile": 9.0, "preprocess_realtime_x": 7.0},
+        "wall_s": 1.0,
+    }
+    out.write_text(json.dumps({"fp32_speedup_mobile": 9.0, "parts": {"old": old, "beta": old}}))
+
+    assert bench.main(["--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "[1/2] alpha — est. ~" in text and "[2/2] beta — est. ~" in text
+    assert "[2/2] beta done in " in text and "(total " in text
+    data = json.loads(out.read_text())
+    assert list(data["parts"]) == ["alpha", "beta"]  # the old entries are gone, not merged
+    assert data["fp32_speedup_mobile"] is None and "fp32_speedup_mobile" not in data["figures"]
+    assert data["preprocess_realtime_x"] == 1.5 and data["loader_frames_per_s"] == 500.0
+    run = data["run"]
+    assert run["complete"] and run["parts"] == ["alpha", "beta"] and run["machine"] == here
+    assert run["wall_s"] >= 0 and all(e["wall_s"] >= 0 for e in data["parts"].values())
+    block = readme_block(data)
+    assert block.startswith("Latest full run (`make bench`, every part): ")
+    assert "Test CPU, " in block and "torch 9.9" in block and " in all (alpha " in block
+    assert "| preprocess_realtime_x | 1.5 | >= 2 | NO |" in block
+
+    # some parts: merged into the file, the others keep their entries and dates
+    beta = data["parts"]["beta"]
+    assert bench.main(["alpha", "--out", str(out)]) == 0
+    merged = json.loads(out.read_text())
+    assert list(merged["parts"]) == ["alpha", "beta"] and merged["parts"]["beta"] == beta
+    assert not merged["run"]["complete"] and merged["run"]["parts"] == ["alpha"]
+    assert readme_block(merged).startswith("Not one run: the parts were measured separately")
+
+
+def test_quick_runs_write_apart_from_the_full_results() -> None:
+    from benchmarks.__main__ import DEFAULT_OUT, QUICK_OUT, parse_args
+
+    assert parse_args(["--quick"]).out == QUICK_OUT != DEFAULT_OUT
+    assert parse_args([]).out == DEFAULT_OUT
+
+
+def test_readme_block_is_what_the_renderer_makes_of_the_committed_results() -> None:
+    """README.md's performance block (between the bench markers) is rendered from
+    benchmarks/results.json: ``make bench`` rewrites it, or ``python -m benchmarks.report
+    --readme``."""
+    from benchmarks.report import README, block_in, readme_block
+
+    block = block_in(README.read_text())
+    if block is None:
+        pytest.skip("README.md has no <!-- bench:start --> / <!-- bench:end --> markers")
+    data = json.loads((REPO / "benchmarks" / "results.json").read_text())
+    assert block == readme_block(data), "stale: run python -m benchmarks.report --readme"
+
+
+def test_readme_block_is_written_between_the_markers_or_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks.report import block_in, main, readme_block
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- bench:start -->\nold\n<!-- bench:end -->\n\nrest\n")
+    results = REPO / "benchmarks" / "results.json"
+    assert main([str(results), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# x\n\n<!-- bench:start -->\n") and text.endswith("end -->\n\nrest\n")
+    assert block_in(text) == readme_block(json.loads(results.read_text()))
+    assert not list(tmp_path.glob(".README.md.tmp*"))
+    readme.write_text("# no markers\n")
+    capsys.readouterr()
+    assert main([str(results), "--readme", str(readme)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "<!-- bench:start -->" in err
+    assert readme.read_text() == "# no markers\n"

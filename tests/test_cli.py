@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from recseg.models.registry import MODELS, SEED_MODELS
 from recseg.training.losses import loss_names
+from tests.tolerance import logits_atol
 
 
 def recseg(*args: str) -> subprocess.CompletedProcess:
@@ -98,7 +100,8 @@ def test_describe_reports_a_recurrent_model() -> None:
     assert report["logits_shape"] == [2, 3, 2, 64, 96]
     assert report["state_shapes"] == {"h": [2, 304, 16, 24]}
     assert report["grad_reaches_first_frame"] is True
-    assert report["stream_max_abs_diff"] <= 1e-5
+    # streamed and whole-clip logits round differently: a float32 tolerance at their magnitude
+    assert report["stream_max_abs_diff"] <= logits_atol(torch.tensor([report["logits_max_abs"]]))
 
 
 def test_describe_human_output() -> None:

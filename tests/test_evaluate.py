@@ -25,8 +25,8 @@ from recseg.evaluation.evaluate import evaluate
 from recseg.evaluation.latency import gflops_per_frame, measure_latency
 from recseg.models import build_model
 from recseg.tracking.model_uri import load_network
+from recseg.tracking.train_job import train
 from recseg.training.config import TrainConfig
-from recseg.training.job import train
 from recseg.training.losses import build_loss
 from tests.media import one_error_line, recseg_in_process, run_recseg
 from tests.stores import make_store

@@ -20,7 +20,6 @@ from recseg.cli.lr_find import lr_find_cmd
 from recseg.cli.train import train_cmd
 from recseg.config import build, fields
 from recseg.errors import InputError
-from recseg.evaluation.config import EvaluateConfig
 from recseg.grid.envvars import (
     args_from_env,
     decode,
@@ -32,6 +31,7 @@ from recseg.grid.envvars import (
 )
 from recseg.grid.job import TASKS, command_for, max_restarts, parse, run_job
 from recseg.grid.sge import RESTARTS, SgeJob, job_numbers, job_variables, variables_arg
+from recseg.tracking.evaluate_config import EvaluateConfig
 from recseg.training.config import TrainConfig
 from recseg.training.lr_find import LrFindConfig
 from recseg.training.setup import build_setup

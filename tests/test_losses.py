@@ -19,6 +19,7 @@ from recseg.training.losses import (
     loss_names,
     soft_dice_loss,
 )
+from tests.tolerance import approx
 
 S = 1e-4  # default smooth
 BIG = 20.0  # logits (+20, -20) give softmax probabilities 1 and 0 in float32
@@ -51,20 +52,20 @@ B_DICE = [(2 * 3 + S) / (2 * 3 + 0 + 1 + S), (0 + S) / (0 + 1 + 0 + S)]
 
 def test_soft_dice_uniform_probabilities() -> None:
     loss = SoftDiceLoss()(A_LOGITS, A_TARGET)
-    assert loss.item() == pytest.approx(1 - sum(A_DICE) / 2, abs=1e-6)
+    assert loss.item() == approx(1 - sum(A_DICE) / 2)
 
 
 def test_soft_dice_uniform_probabilities_without_smoothing() -> None:
     # dice0 = 1 / 3, dice1 = 3 / 5 -> loss = 1 - (1/3 + 3/5) / 2 = 1 - 7/15 = 8/15
     loss = SoftDiceLoss(smooth=0.0)(A_LOGITS, A_TARGET)
-    assert loss.item() == pytest.approx(8 / 15, abs=1e-6)
+    assert loss.item() == approx(8 / 15)
 
 
 def test_soft_dice_all_background_target() -> None:
     loss = SoftDiceLoss()(B_LOGITS, B_TARGET)
     # 1 - (6.0001/7.0001 + 0.0001/1.0001) / 2
-    assert loss.item() == pytest.approx(1 - sum(B_DICE) / 2, abs=1e-6)
-    assert loss.item() == pytest.approx(1 - (6.0001 / 7.0001 + 0.0001 / 1.0001) / 2, abs=1e-6)
+    assert loss.item() == approx(1 - sum(B_DICE) / 2)
+    assert loss.item() == approx(1 - (6.0001 / 7.0001 + 0.0001 / 1.0001) / 2)
 
 
 def test_soft_dice_averages_per_sample_and_class() -> None:
@@ -72,7 +73,7 @@ def test_soft_dice_averages_per_sample_and_class() -> None:
     target = torch.cat([A_TARGET, B_TARGET])
     loss = SoftDiceLoss()(logits, target)
     # mean over 2 samples x 2 classes (not batch dice)
-    assert loss.item() == pytest.approx(1 - sum(A_DICE + B_DICE) / 4, abs=1e-6)
+    assert loss.item() == approx(1 - sum(A_DICE + B_DICE) / 4)
 
 
 def test_soft_dice_clip_equals_flattened_batch() -> None:
@@ -82,9 +83,9 @@ def test_soft_dice_clip_equals_flattened_batch() -> None:
     assert logits.shape == (2, 2, 2, 2, 2) and target.shape == (2, 2, 2, 2)
     clip = SoftDiceLoss()(logits, target)
     flat = SoftDiceLoss()(logits.flatten(0, 1), target.flatten(0, 1))
-    assert clip.item() == pytest.approx(flat.item(), abs=1e-7)
+    assert clip.item() == approx(flat.item())
     # 4 frames: A, B, B, A -> 8 (frame, class) terms
-    assert clip.item() == pytest.approx(1 - 2 * sum(A_DICE + B_DICE) / 8, abs=1e-6)
+    assert clip.item() == approx(1 - 2 * sum(A_DICE + B_DICE) / 8)
 
 
 # Two pixels (1, 2, 1, 2): pixel a logits (0, 0), target 0 -> p0 = 1/2, CE = ln 2;
@@ -99,8 +100,8 @@ CE_DICE = 1 - ((1.0 + S) / (1.75 + S) + (1.5 + S) / (2.25 + S)) / 2
 
 def test_cross_entropy_hand_computed() -> None:
     loss = CrossEntropyLoss()(CE_LOGITS, CE_TARGET)
-    assert loss.item() == pytest.approx(CE_VALUE, abs=1e-6)
-    assert loss.item() == pytest.approx(math.log(8 / 3) / 2, abs=1e-6)
+    assert loss.item() == approx(CE_VALUE)
+    assert loss.item() == approx(math.log(8 / 3) / 2)
 
 
 def test_cross_entropy_clip_is_mean_over_all_pixels() -> None:
@@ -109,18 +110,18 @@ def test_cross_entropy_clip_is_mean_over_all_pixels() -> None:
     target = torch.stack([CE_TARGET[0], torch.tensor([[0, 1]])]).unsqueeze(0)
     loss = CrossEntropyLoss()(logits, target)
     # 4 pixels: ln 2, ln(4/3), ln 2, ln 2
-    assert loss.item() == pytest.approx((3 * math.log(2) + math.log(4 / 3)) / 4, abs=1e-6)
+    assert loss.item() == approx((3 * math.log(2) + math.log(4 / 3)) / 4)
 
 
 def test_soft_dice_on_ce_example() -> None:
     # without smoothing: 1 - (4/7 + 2/3) / 2 = 8/21
-    assert SoftDiceLoss(smooth=0.0)(CE_LOGITS, CE_TARGET).item() == pytest.approx(8 / 21, abs=1e-6)
-    assert SoftDiceLoss()(CE_LOGITS, CE_TARGET).item() == pytest.approx(CE_DICE, abs=1e-6)
+    assert SoftDiceLoss(smooth=0.0)(CE_LOGITS, CE_TARGET).item() == approx(8 / 21)
+    assert SoftDiceLoss()(CE_LOGITS, CE_TARGET).item() == approx(CE_DICE)
 
 
 def test_cross_dice_is_average() -> None:
     loss = CrossDiceLoss()(CE_LOGITS, CE_TARGET)
-    assert loss.item() == pytest.approx((CE_DICE + CE_VALUE) / 2, abs=1e-6)
+    assert loss.item() == approx((CE_DICE + CE_VALUE) / 2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -128,10 +129,10 @@ def test_low_precision_logits_computed_in_float32(dtype: torch.dtype) -> None:
     # 0 and +-20 are exact in float16/bfloat16; the result must match the float32 hand value.
     dice = SoftDiceLoss()(B_LOGITS.to(dtype), B_TARGET)
     assert dice.dtype == torch.float32
-    assert dice.item() == pytest.approx(1 - sum(B_DICE) / 2, abs=1e-6)
+    assert dice.item() == approx(1 - sum(B_DICE) / 2)
     ce = CrossEntropyLoss()(A_LOGITS.to(dtype), A_TARGET)
     assert ce.dtype == torch.float32
-    assert ce.item() == pytest.approx(math.log(2.0), abs=1e-6)
+    assert ce.item() == approx(math.log(2.0))
 
 
 @pytest.mark.parametrize("name", ["SoftDice", "CrossEntropy", "CrossDice"])
@@ -214,11 +215,11 @@ def test_without_ignored_pixels_values_equal_the_old_formula(classes: int) -> No
     dice, ce = _reference_dice(flat_l, flat_t), F.cross_entropy(flat_l, flat_t)
     for smooth in (S, 0.0, 1.0):
         ref = _reference_dice(flat_l, flat_t, smooth)
-        assert torch.allclose(soft_dice_loss(logits, target, smooth), ref, atol=1e-6)
-    assert torch.allclose(SoftDiceLoss()(flat_l, flat_t), dice, atol=1e-6)
-    assert torch.allclose(CrossEntropyLoss()(logits, target), ce, atol=1e-6)
-    assert torch.allclose(CrossDiceLoss()(logits, target), (dice + ce) / 2, atol=1e-6)
-    assert torch.allclose(cross_entropy_loss(flat_l, flat_t, ignore_index=-100), ce, atol=1e-6)
+        torch.testing.assert_close(soft_dice_loss(logits, target, smooth), ref)
+    torch.testing.assert_close(SoftDiceLoss()(flat_l, flat_t), dice)
+    torch.testing.assert_close(CrossEntropyLoss()(logits, target), ce)
+    torch.testing.assert_close(CrossDiceLoss()(logits, target), (dice + ce) / 2)
+    torch.testing.assert_close(cross_entropy_loss(flat_l, flat_t, ignore_index=-100), ce)
 
 
 @pytest.mark.parametrize("loss_cls", LOSS_CLASSES)
@@ -229,24 +230,24 @@ def test_padded_frames_and_pixels_do_not_change_the_loss(loss_cls: type[torch.nn
     # two extra all-padding frames per lane (their logits are anything)
     more_l = torch.cat([logits, torch.randn(2, 2, 2, 4, 5, generator=g) * 5], dim=1)
     more_t = torch.cat([target, torch.full((2, 2, 4, 5), PAD)], dim=1)
-    assert torch.allclose(loss_cls()(more_l, more_t), expected, atol=1e-6)
+    torch.testing.assert_close(loss_cls()(more_l, more_t), expected)
     # extra padded rows and columns on every frame
     wide_l = torch.randn(2, 3, 2, 7, 9, generator=g) * 5
     wide_l[..., :4, :5] = logits
     wide_t = torch.full((2, 3, 7, 9), PAD)
     wide_t[..., :4, :5] = target
-    assert torch.allclose(loss_cls()(wide_l, wide_t), expected, atol=1e-6)
+    torch.testing.assert_close(loss_cls()(wide_l, wide_t), expected)
     # an all-padding frame in the (N, C, H, W) layout
     flat_l = torch.cat([logits.flatten(0, 1), more_l[:, 3:].flatten(0, 1)])
     flat_t = torch.cat([target.flatten(0, 1), more_t[:, 3:].flatten(0, 1)])
-    assert torch.allclose(loss_cls()(flat_l, flat_t), expected, atol=1e-6)
+    torch.testing.assert_close(loss_cls()(flat_l, flat_t), expected)
 
 
 def test_padded_frame_is_not_counted_as_perfect_dice() -> None:
     # B_LOGITS/B_TARGET alone vs with a padded frame: a frame counted as dice 1 would halve it
     logits = torch.cat([B_LOGITS, B_LOGITS])
     target = torch.cat([B_TARGET, torch.full_like(B_TARGET, PAD)])
-    assert SoftDiceLoss()(logits, target).item() == pytest.approx(1 - sum(B_DICE) / 2, abs=1e-6)
+    assert SoftDiceLoss()(logits, target).item() == approx(1 - sum(B_DICE) / 2)
 
 
 @pytest.mark.parametrize("loss_cls", LOSS_CLASSES)
@@ -276,7 +277,7 @@ def test_no_gradient_at_ignored_pixels(loss_cls: type[torch.nn.Module]) -> None:
 def test_low_precision_logits_with_padding(dtype: torch.dtype) -> None:
     logits = torch.cat([B_LOGITS, A_LOGITS]).to(dtype)
     target = torch.cat([B_TARGET, torch.full_like(B_TARGET, PAD)])
-    assert SoftDiceLoss()(logits, target).item() == pytest.approx(1 - sum(B_DICE) / 2, abs=1e-6)
+    assert SoftDiceLoss()(logits, target).item() == approx(1 - sum(B_DICE) / 2)
     assert CrossEntropyLoss()(logits, target).dtype == torch.float32
 
 
@@ -284,9 +285,9 @@ def test_custom_ignore_index() -> None:
     target = torch.cat([B_TARGET, torch.full_like(B_TARGET, -1)])
     logits = torch.cat([B_LOGITS, A_LOGITS])
     loss = SoftDiceLoss(ignore_index=-1)(logits, target)
-    assert loss.item() == pytest.approx(1 - sum(B_DICE) / 2, abs=1e-6)
+    assert loss.item() == approx(1 - sum(B_DICE) / 2)
     ce = cross_entropy_loss(logits, target, ignore_index=-1)
-    assert ce.item() == pytest.approx(F.cross_entropy(B_LOGITS, B_TARGET).item(), abs=1e-6)
+    assert ce.item() == approx(F.cross_entropy(B_LOGITS, B_TARGET).item())
     assert CrossDiceLoss(ignore_index=-1).ce.ignore_index == -1
     assert "ignore_index=-1" in repr(CrossDiceLoss(ignore_index=-1))
     with pytest.raises(ValueError, match="ignore_index -1"):
@@ -309,5 +310,5 @@ def test_build_loss_defaults_to_ignore_255() -> None:
         loss = build_loss(name)
         padded = torch.cat([A_TARGET, torch.full_like(A_TARGET, PAD)])
         logits = torch.cat([A_LOGITS, torch.randn(1, 2, 2, 2)])
-        assert torch.allclose(loss(logits, padded), loss(A_LOGITS, A_TARGET), atol=1e-6)
+        torch.testing.assert_close(loss(logits, padded), loss(A_LOGITS, A_TARGET))
     assert build_loss("SoftDice").ignore_index == PAD

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from recseg.evaluation.metrics import SegmentationMetrics, metrics_from_confusion
+from tests import tolerance
 
 KEYS = {
     "miou",
@@ -29,7 +30,8 @@ def t(*frames: list[list[int]]) -> torch.Tensor:
 
 
 def approx(x: float) -> object:
-    return pytest.approx(x, abs=1e-12)
+    """Metrics are ratios of integer counts computed in float64."""
+    return tolerance.approx(x, torch.float64)
 
 
 # Two consecutive frames (2 x 3) of one clip.

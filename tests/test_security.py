@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ("--model", "Deep_mobile_gruV1", "--loss", "CrossDice", "--epochs", "1",
          "--batch-size", "2", "--seq-len", "3", "--num-workers", "0",
          "--no-system-metrics")  # fmt: skip
-CLUSTER_HOSTS = "mlflow.cluster.example.org:*,node*.cluster:*"  # as the README's command
+CLUSTER_HOSTS = "mlflow.cluster.example.org:*,node*.cluster:*"  # docs/reliability-and-security.md
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -30,7 +30,8 @@ from recseg.inference.background import (
 )
 from recseg.inference.segment import segment_video, stream_masks, working_size
 from recseg.models import RecurrentDeepLab, build_model
-from recseg.tracking.model_uri import LoadedModel, load_network
+from recseg.models.loaded import LoadedModel
+from recseg.tracking.model_uri import load_network
 from recseg.tracking.pyfunc import log_clip_model
 from tests.conftest import randomize_norms
 from tests.media import one_error_line, run_recseg, write_video

@@ -160,6 +160,7 @@ def test_init_from_warm_starts_every_matching_layer(
     match (here a GRU-at-output model's into an LSTM-at-output one: all but the recurrent
     unit); the param says how many tensors came over; a URI that names nothing: one line, 2."""
     from recseg.models import build_model
+    from recseg.tracking.model_uri import load_network
     from recseg.training.warm_start import warm_start
 
     _, source_run = only_run(mlflow_server, "reference")
@@ -167,7 +168,7 @@ def test_init_from_warm_starts_every_matching_layer(
     source = _logged_weights(mlflow_server, source_run)
     target = build_model("Deep_mobile_lstmV1", output_stride=8)
     before = {k: v.clone() for k, v in target.state_dict().items()}
-    copied = warm_start(target, uri)
+    copied = warm_start(target, uri, load_network)
     after = target.state_dict()
     shared = [k for k in after if k in source and source[k].shape == after[k].shape]
     assert copied == f"{len(shared)}/{len(after)}" and len(shared) < len(after)

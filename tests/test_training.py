@@ -17,9 +17,9 @@ import torch
 from recseg.config import as_params, build
 from recseg.data.loader import TemporalLoader, make_loader
 from recseg.errors import InputError
+from recseg.tracking.train_job import legacy_norm
 from recseg.training import checkpoint as ckpt
 from recseg.training.config import TrainConfig, changed_params, check_unchanged
-from recseg.training.job import legacy_norm
 from recseg.training.setup import build_setup
 from recseg.training.stopping import StopRequest, TimeBudget
 from recseg.training.trainer import EpochRecord, Trainer

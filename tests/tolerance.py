@@ -25,3 +25,30 @@ def logits_atol(logits: torch.Tensor | np.ndarray, depth: int = NETWORK_DEPTH) -
 def probs_atol(logits: torch.Tensor | np.ndarray, depth: int = NETWORK_DEPTH) -> float:
     """Tolerance for softmax/sigmoid probabilities: their slope is at most 1/4 of the logits'."""
     return max(logits_atol(logits, depth) / 4, 1e-6)
+
+
+#: A different runtime (ONNX Runtime, a TorchScript graph) may pick other conv algorithms
+#: (Winograd, blocked GEMM with another accumulation order): each step may add many roundings.
+CROSS_RUNTIME_DEPTH = 16 * NETWORK_DEPTH
+
+#: ``torch.testing.assert_close``'s default (rtol, atol) per dtype.
+DEFAULTS = {
+    torch.float16: (1e-3, 1e-5),
+    torch.bfloat16: (1.6e-2, 1e-5),
+    torch.float32: (1.3e-6, 1e-5),
+    torch.float64: (1e-7, 1e-7),
+}
+
+
+def runtime_atol(values: torch.Tensor | np.ndarray) -> float:
+    """Tolerance for the same network run by another runtime than eager PyTorch."""
+    return logits_atol(values, CROSS_RUNTIME_DEPTH)
+
+
+def approx(expected: object, dtype: torch.dtype = torch.float32) -> object:
+    """``pytest.approx`` with ``torch.testing``'s default tolerances for values computed in
+    ``dtype`` (a float32 loss compared with its exact value, for instance)."""
+    import pytest
+
+    rtol, atol = DEFAULTS[dtype]
+    return pytest.approx(expected, rel=rtol, abs=atol)

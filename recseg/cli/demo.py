@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from recseg.config import accepts, at_least, build, click_options, option
+from recseg.config import at_least, build, click_options, option
 from recseg.errors import InputError
-from recseg.training.losses import build_loss
+from recseg.training.config import loss_field
 
 
 def _models(text: str) -> str | None:
@@ -108,10 +108,7 @@ class ThesisConfig:
             check=_models,
         ),
     )
-    loss: str = dataclasses.field(
-        default="CrossDice",
-        metadata=option("SoftDice, CrossEntropy or CrossDice.", check=accepts(build_loss)),
-    )
+    loss: str = loss_field(default="CrossDice")
     seeds: int = dataclasses.field(
         default=3, metadata=option("Seeds per variant (0, 1, ...).", check=at_least(1))
     )

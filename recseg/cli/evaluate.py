@@ -5,14 +5,16 @@ from __future__ import annotations
 import click
 
 from recseg.config import build, click_options
-from recseg.evaluation.config import EvaluateConfig
+from recseg.tracking.evaluate_config import EvaluateConfig
 
 
 def evaluate_and_exit(values: dict) -> None:
     """Validate options, evaluate, exit 0 (errors: one line, exit 2)."""
     cfg = build(EvaluateConfig, values)
     cfg.check_target()
-    from recseg.evaluation.run import run_evaluation  # torch and MLflow load once options are OK
+    from recseg.tracking.evaluate_run import (
+        run_evaluation,  # torch and MLflow load once options are OK
+    )
 
     run_evaluation(cfg, echo=lambda line: click.echo(line))
 

@@ -8,7 +8,7 @@ import click
 
 from recseg.config import build, click_options
 from recseg.models.registry import MODELS, SEED_MODELS, readable_name
-from recseg.models.summary import DescribeConfig, describe
+from recseg.training.summary import DescribeConfig, describe
 
 
 @click.command("models")

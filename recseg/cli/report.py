@@ -38,6 +38,6 @@ def report_cmd(**values: object) -> None:
     the run's description in the MLflow UI). Needs runs scored by `recseg evaluate`.
     """
     cfg = build(ReportConfig, values)
-    from recseg.evaluation.report_run import run_report
+    from recseg.tracking.report_run import run_report
 
     run_report(cfg, echo=click.echo)

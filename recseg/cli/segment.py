@@ -57,8 +57,8 @@ def segment_cmd(input_video: Path, output: Path, **values: object) -> None:
     size = parse_size(cfg.size) if cfg.size else None
     probe(input_video)  # a file that is no video fails here, before the model is fetched
     from recseg.inference.segment import segment_video
+    from recseg.machine import pick_device  # torch: once checked
     from recseg.tracking.model_uri import load_network
-    from recseg.training.setup import pick_device  # torch: once checked
 
     device = pick_device(cfg.device)
     loaded = load_network(cfg.model, device)

@@ -15,7 +15,7 @@ def train_and_exit(values: dict) -> None:
     """Validate options, train (or continue) the run, exit 0 (finished) or 99 (requeue)."""
     cfg = build(TrainConfig, values)
     with StopRequest() as stop:  # before the slow imports: an early signal is kept
-        from recseg.training.job import train  # torch and MLflow load once options are OK
+        from recseg.tracking.train_job import train  # torch and MLflow load once options are OK
 
         code = train(cfg, echo=lambda line: click.echo(line), stop=stop)
     sys.stdout.flush()

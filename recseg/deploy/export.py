@@ -39,7 +39,7 @@ from recseg.data.paths import write_failure
 from recseg.deploy import MAX_OPSET, MIN_OPSET, check_output
 from recseg.errors import InputError
 from recseg.models import RecurrentDeepLab
-from recseg.tracking.model_uri import LoadedModel
+from recseg.models.loaded import LoadedModel
 
 DEFAULT_SIZE = (270, 512)
 TOLERANCE = 1e-4  # max abs difference of prob allowed between the file and PyTorch

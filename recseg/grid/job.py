@@ -109,7 +109,7 @@ def _train_job(values: dict[str, Any], environ: Mapping[str, str], echo: Echo) -
     if sge is not None:
         echo(f"grid job {sge.job_id}: restart {sge.restarts} of at most {limit}")
     with StopRequest() as stop:  # before the slow imports: an early signal is kept
-        from recseg.training.job import train_run
+        from recseg.tracking.train_job import train_run
 
         outcome = train_run(cfg, echo=echo, stop=stop)
     if outcome.code != EXIT_REQUEUE or sge is None:

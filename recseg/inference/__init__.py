@@ -9,7 +9,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from recseg.config import MODEL_URIS, at_least, one_of, option, size_or_default
+from recseg.config import MODEL_URIS, at_least, device_field, one_of, option, size_or_default
 from recseg.errors import InputError
 
 CHUNK = 8  # frames per forward pass
@@ -79,12 +79,7 @@ class SegmentConfig:
     threshold: float = dataclasses.field(
         default=0.5, metadata=option("Foreground probability threshold.", check=_threshold_check)
     )
-    device: str = dataclasses.field(
-        default="auto",
-        metadata=option(
-            "auto (CUDA when available), cpu or cuda.", check=one_of("auto", "cpu", "cuda")
-        ),
-    )
+    device: str = device_field()
     chunk: int = dataclasses.field(
         default=CHUNK,
         metadata=option("Frames per forward pass (state carried between them).", check=at_least(1)),

@@ -34,8 +34,8 @@ from recseg.data.video import VideoError, VideoInfo, decode, probe
 from recseg.inference import CHUNK, check_paths
 from recseg.inference.background import Background, composite, mask_frame, open_background
 from recseg.inference.optimize import optimize
-from recseg.tracking.model_uri import LoadedModel
-from recseg.training.setup import pick_device
+from recseg.machine import pick_device
+from recseg.models.loaded import LoadedModel
 
 DEFAULT_SIZE = (270, 512)  # working size when the model does not record its training size
 MIN_SIDE = 32

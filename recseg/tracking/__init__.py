@@ -1,4 +1,5 @@
-"""Tracking: everything recseg writes to MLflow (runs, params, metrics, artifacts, inputs)."""
+"""Tracking: everything recseg writes to MLflow (runs, params, metrics, artifacts, inputs), and
+the commands that run tracked: the train job, lr-find, preprocess, evaluate, report, promote."""
 
 # MLflow retries a failed request 7 times over about 4 minutes by default: a command would sit
 # silent that long before saying the server is not there, and a training job rather trains on

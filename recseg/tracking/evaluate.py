@@ -18,7 +18,6 @@ from recseg.tracking import tags as T
 from recseg.tracking.listing import TRAIN_FILTER, experiment_names, search_all
 from recseg.tracking.runs import existing_run, log_files
 from recseg.training.config import JOB_OPTIONS
-from recseg.training.finish import MODEL_LOGGED
 
 EVAL_STORE = "recseg.eval.store"  # digest of the store the test_* metrics come from
 EVAL_SIZE = "recseg.eval.size"
@@ -35,7 +34,7 @@ def training_run(client: MlflowClient, run_id: str) -> Run:
     kind = run.data.tags.get(T.KIND)
     if kind != "train":
         raise InputError(f"--run-id: run {run_id} is a {kind or 'non-recseg'} run, not training")
-    if not run.data.tags.get(MODEL_LOGGED):
+    if not run.data.tags.get(T.MODEL_LOGGED):
         raise InputError(
             f"--run-id: run {run_id} has no model (status {run.info.status}); finish its "
             f"training first (recseg train --run-id {run_id})"
@@ -49,7 +48,7 @@ def finished_runs(client: MlflowClient, experiment: str) -> tuple[str, list[Run]
     runs = [
         r
         for r in search_all(client, list(ids), TRAIN_FILTER)
-        if r.info.status == "FINISHED" and r.data.tags.get(MODEL_LOGGED)
+        if r.info.status == "FINISHED" and r.data.tags.get(T.MODEL_LOGGED)
     ]
     if not runs:
         raise InputError(

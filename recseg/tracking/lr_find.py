@@ -29,6 +29,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from recseg.config import as_params
+from recseg.machine import pick_device
 from recseg.models.registry import model_spec
 from recseg.tracking import tags as T
 from recseg.tracking.plots import DPI, FIGSIZE, MARGINS
@@ -42,7 +43,7 @@ from recseg.training.lr_find import (
     train_loader,
     wd_label,
 )
-from recseg.training.setup import open_store, pick_device
+from recseg.training.setup import open_store
 
 LR_FIND = "lr_find"  # the value of the recseg.kind tag
 MAX_BATCH = 1000  # metrics per log_batch call (MLflow's limit)

@@ -8,7 +8,6 @@ than the clip-level pyfunc wrapper.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pickle
 import tempfile
@@ -22,21 +21,11 @@ from mlflow.models import Model
 from recseg.config import MODEL_URIS
 from recseg.errors import InputError
 from recseg.models import RecurrentDeepLab, rebuild_model
+from recseg.models.loaded import LoadedModel
 from recseg.tracking.runs import quiet_mlflow, refused_message, tracking_server
 
 ARCHITECTURE_FILE = "artifacts/architecture.json"
 WEIGHTS_FILE = "artifacts/weights.pt"
-
-
-@dataclasses.dataclass
-class LoadedModel:
-    """A network in eval mode with what its model artifact says about it."""
-
-    model: RecurrentDeepLab
-    name: str  # the --model name it was built with
-    uri: str
-    run_id: str | None  # the run that logged it, when known
-    size: tuple[int, int] | None  # the (H, W) it was trained at, when recorded
 
 
 def _download(uri: str, dst: Path) -> Path:

@@ -19,7 +19,6 @@ from recseg.errors import InputError
 from recseg.tracking import tags as T
 from recseg.tracking.evaluate import EVAL_STORE, finished_runs, training_run
 from recseg.tracking.runs import quiet_mlflow
-from recseg.training.finish import MODEL_LOGGED
 
 LOWER_IS_BETTER = ("test_loss", "test_flicker", "test_latency_ms", "test_latency_p90_ms", "gflops")
 
@@ -104,7 +103,7 @@ def promote(
     previous = _previous(client, name, alias)
     version = _version_of(client, name, run)
     if version is None:
-        source = run.data.tags[MODEL_LOGGED]  # models:/m-ID, the run's logged model
+        source = run.data.tags[T.MODEL_LOGGED]  # models:/m-ID, the run's logged model
         mv = client.create_model_version(
             name,
             source,

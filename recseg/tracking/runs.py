@@ -188,11 +188,24 @@ def refused_message(exc: BaseException) -> str | None:
     )
 
 
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server is unreachable or failing (retry later) rather than
+    that it refused the request (a 4xx: wrong credentials, no such run - a real error)."""
+    if isinstance(exc, InputError):
+        return False
+    if isinstance(exc, MlflowException):  # RestException too; connection errors come as 500
+        status = exc.get_http_status_code()
+        return status >= 500 or status == 429
+    response = getattr(exc, "response", None)  # requests.HTTPError from artifact uploads
+    status = getattr(response, "status_code", None)
+    if status is not None:
+        return status >= 500 or status == 429
+    return isinstance(exc, OSError)  # requests' connection errors and timeouts among them
+
+
 def unreachable_message(exc: BaseException) -> str | None:
     """One line for a tracking server that does not answer (connection refused, timeout, a
     5xx); None for any other error."""
-    from recseg.tracking.train import is_outage
-
     if not is_outage(exc):
         return None
     reason = " ".join(str(exc).split())

@@ -10,6 +10,7 @@ HEARTBEAT = "recseg.heartbeat"  # unix time (seconds, str(float)) of the last si
 CHECKPOINT_EPOCH = "recseg.checkpoint.epoch"  # epochs complete in the latest checkpoint
 CHECKPOINT_STEP = "recseg.checkpoint.step"  # optimiser steps in the latest checkpoint
 STOPPED = "recseg.stopped"  # why the last process stopped: "signal SIGUSR1", "time limit", ...
+MODEL_LOGGED = "recseg.model_uri"  # the URI of the model a finished run logged (models:/m-ID)
 FINAL_WEIGHTS = "recseg.final_weights"  # the weights logged as the model: "last: epoch 5 (last)"
 BACKBONE = "backbone"
 CELL = "cell"  # "lstm", "gru" or "none"

@@ -24,33 +24,23 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import Metric, Run, RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from recseg.data.store import atomic_write_bytes
 from recseg.errors import InputError
 from recseg.faults import fail_point
 from recseg.tracking import tags as T
-from recseg.tracking.runs import existing_run, log_new_params, quiet_mlflow, use_experiment
+from recseg.tracking.runs import (
+    existing_run,
+    is_outage,
+    log_new_params,
+    quiet_mlflow,
+    use_experiment,
+)
 from recseg.training.config import TrainConfig, check_unchanged
 
 MAX_BATCH = 200  # MLflow accepts up to 1000 metrics per log_batch call; stay well below
 RETRY_EVERY = 10.0  # seconds between attempts to reach a server that did not answer
-
-
-def is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` says the server is unreachable or failing (retry later) rather than
-    that it refused the request (a 4xx: wrong credentials, no such run - a real error)."""
-    if isinstance(exc, InputError):
-        return False
-    if isinstance(exc, MlflowException):  # RestException too; connection errors come as 500
-        status = exc.get_http_status_code()
-        return status >= 500 or status == 429
-    response = getattr(exc, "response", None)  # requests.HTTPError from artifact uploads
-    status = getattr(response, "status_code", None)
-    if status is not None:
-        return status >= 500 or status == 429
-    return isinstance(exc, OSError)  # requests' connection errors and timeouts among them
 
 
 def find_run(cfg: TrainConfig, client: MlflowClient) -> Run | None:

@@ -13,18 +13,22 @@ import shlex
 from typing import Any
 
 from recseg.config import (
+    Check,
     accepts,
     at_least,
+    device_field,
     fields,
     flag,
     one_of,
     option,
     parse_size,
+    size_check,
     size_or_default,
 )
 from recseg.errors import InputError
+from recseg.models.deeplab import RecurrentDeepLab
 from recseg.models.norms import NORMS
-from recseg.models.registry import model_spec
+from recseg.models.registry import build_model, model_spec
 from recseg.training.losses import build_loss
 from recseg.training.optim import OPTIMIZERS, SCHEDULES
 
@@ -63,111 +67,110 @@ def _non_negative(value: float) -> str | None:
     return None if value >= 0 else f"must be 0 or more, got {value}"
 
 
-# Fields that several commands share (train, lr-find): one definition each, so their flags,
-# defaults and help texts cannot drift apart. Each call makes a new dataclass field.
-def data_field() -> Any:
-    return dataclasses.field(
-        metadata=option("Clip store written by `recseg preprocess`.", mltype="path")
-    )
+# Fields that several commands share (train, lr-find, evaluate, describe, thesis): one definition
+# each, so their flags, types and checks cannot drift apart. Each call makes a new dataclass
+# field; ``default=`` and ``help=`` fit one to a command whose default or meaning differs (the
+# defaults here are train's). ``--device`` is in ``recseg.config``: segment shares it too.
+REQUIRED: Any = dataclasses.MISSING  # ``default=REQUIRED``: the option has no default
+
+
+def _shared(default: Any, help: str, **option_kw: Any) -> Any:
+    if default is REQUIRED:
+        return dataclasses.field(metadata=option(help, **option_kw))
+    return dataclasses.field(default=default, metadata=option(help, **option_kw))
+
+
+def _empty_or(check: Check) -> Check:
+    """A check that also accepts ``""`` (the option's "decided later" value)."""
+    return lambda value: None if value == "" else check(value)
+
+
+def data_field(*, help: str = "Clip store written by `recseg preprocess`.") -> Any:
+    return _shared(REQUIRED, help, mltype="path")
 
 
 def model_field() -> Any:
-    return dataclasses.field(
-        metadata=option("Model name (`recseg models` lists them).", check=accepts(model_spec))
-    )
+    return _shared(REQUIRED, "Model name (`recseg models` lists them).", check=accepts(model_spec))
 
 
-def loss_field() -> Any:
-    return dataclasses.field(
-        metadata=option("SoftDice, CrossEntropy or CrossDice.", check=accepts(build_loss))
-    )
+def loss_field(
+    *, default: Any = REQUIRED, help: str = "SoftDice, CrossEntropy or CrossDice."
+) -> Any:
+    """``--loss``; with ``default=""`` the empty value means "decided later" (evaluate: the
+    run's training loss)."""
+    check = accepts(build_loss)
+    return _shared(default, help, check=_empty_or(check) if default == "" else check)
 
 
-def batch_size_field() -> Any:
-    return dataclasses.field(
-        default=4,
-        metadata=option("Clips per step (B lanes, each streaming its clip).", check=at_least(1)),
-    )
+def batch_size_field(
+    *, default: int = 4, help: str = "Clips per step (B lanes, each streaming its clip)."
+) -> Any:
+    return _shared(default, help, check=at_least(1))
 
 
-def seq_len_field() -> Any:
-    return dataclasses.field(
-        default=4,
-        metadata=option(
-            "Frames per lane per step (T): back-propagation through time window.", check=at_least(1)
-        ),
-    )
+def seq_len_field(
+    *,
+    default: int = 4,
+    help: str = "Frames per lane per step (T): back-propagation through time window.",
+) -> Any:
+    return _shared(default, help, check=at_least(1))
 
 
-def size_field() -> Any:
-    return dataclasses.field(
-        default="",
-        metadata=option(
-            "Train at this frame size HxW; default: the store's size.", check=size_or_default
-        ),
-    )
+def size_field(
+    *, default: str = "", help: str = "Train at this frame size HxW; default: the store's size."
+) -> Any:
+    """``--size HxW``; with ``default=""`` the empty value means "the default size"."""
+    return _shared(default, help, check=size_or_default if default == "" else size_check)
 
 
-def seed_field() -> Any:
-    return dataclasses.field(
-        default=0, metadata=option("Seed of the weights, clip order and augmentation.")
-    )
+def seed_field(*, help: str = "Seed of the weights, clip order and augmentation.") -> Any:
+    return _shared(0, help)
 
 
 def output_stride_field() -> Any:
-    return dataclasses.field(
-        default=8, metadata=option("Backbone output stride.", check=one_of(8, 16))
-    )
+    return _shared(8, "Backbone output stride.", check=one_of(8, 16))
 
 
 def pretrained_field() -> Any:
-    return dataclasses.field(
-        default="",
-        metadata=option(
-            "Backbone weights: 'imagenet' (torchvision's weights, downloaded into the torch hub "
-            "cache), a local file, or empty for random init.",
-            mltype="string",
-        ),
+    return _shared(
+        "",
+        "Backbone weights: 'imagenet' (torchvision's weights, downloaded into the torch hub "
+        "cache), a local file, or empty for random init.",
+        mltype="string",
     )
 
 
 def norm_field() -> Any:
-    return dataclasses.field(
-        default="auto",
-        metadata=option(
-            "Normalisation: group (GroupNorm everywhere: the same in train and eval mode, for "
-            "small correlated batches), frozen (the backbone's BatchNorm with frozen pretrained "
-            "statistics, GroupNorm in the head), batch (BatchNorm everywhere, as the thesis), "
-            "auto (frozen with --pretrained, else group; batch with --faithful).",
-            check=one_of(*NORMS),
-        ),
+    return _shared(
+        "auto",
+        "Normalisation: group (GroupNorm everywhere: the same in train and eval mode, for "
+        "small correlated batches), frozen (the backbone's BatchNorm with frozen pretrained "
+        "statistics, GroupNorm in the head), batch (BatchNorm everywhere, as the thesis), "
+        "auto (frozen with --pretrained, else group; batch with --faithful).",
+        check=one_of(*NORMS),
     )
 
 
 def faithful_field() -> Any:
-    return dataclasses.field(
-        default=False,
-        metadata=option("Use the thesis code's model choices (frozen backbone, ...)."),
+    return _shared(False, "Use the thesis code's model choices (frozen backbone, ...).")
+
+
+def configured_model(cfg: Any) -> RecurrentDeepLab:
+    """The model a config's shared model options name (``model``, ``faithful``,
+    ``output_stride``, ``pretrained``, ``norm``): train, lr-find and describe build it so."""
+    return build_model(
+        cfg.model,
+        faithful=cfg.faithful,
+        output_stride=cfg.output_stride,
+        pretrained=cfg.pretrained or None,
+        norm=cfg.norm,
     )
 
 
-def num_workers_field() -> Any:
-    return dataclasses.field(
-        default=2,
-        metadata=option(
-            "Loader worker processes (0: load in the main process).", check=at_least(0)
-        ),
-    )
-
-
-def device_field() -> Any:
-    return dataclasses.field(
-        default="auto",
-        metadata=option(
-            "Where to train: auto (CUDA when available), cpu or cuda.",
-            check=one_of("auto", "cpu", "cuda"),
-        ),
-    )
+def num_workers_field(
+    *, help: str = "Loader worker processes (0: load in the main process)."
+) -> Any:
+    return _shared(2, help, check=at_least(0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,7 +310,7 @@ class TrainConfig:
         ),
     )
     num_workers: int = num_workers_field()
-    device: str = device_field()
+    device: str = device_field(purpose="Where to train")
     checkpoint_dir: str = dataclasses.field(
         default="checkpoints",
         metadata=option(

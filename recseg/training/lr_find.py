@@ -21,17 +21,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from recseg.config import accepts, at_least, one_of, option, parse_size
+from recseg.config import accepts, at_least, device_field, one_of, option, parse_size
 from recseg.data.loader import TemporalLoader, clip_windows, make_loader
 from recseg.data.store import ClipStore
 from recseg.errors import InputError
 from recseg.models.deeplab import RecurrentDeepLab
-from recseg.models.registry import build_model
 from recseg.models.state import State, detach_state
 from recseg.training.config import (
     batch_size_field,
+    configured_model,
     data_field,
-    device_field,
     faithful_field,
     loss_field,
     model_field,
@@ -146,7 +145,7 @@ class LrFindConfig:
     )
     seed: int = seed_field()
     num_workers: int = num_workers_field()
-    device: str = device_field()
+    device: str = device_field(purpose="Where to train")
     output_stride: int = output_stride_field()
     pretrained: str = pretrained_field()
     norm: str = norm_field()
@@ -348,8 +347,7 @@ def train_loader(
 def fresh_model(cfg: LrFindConfig, device: torch.device) -> RecurrentDeepLab:
     """The model with the weights of ``--seed`` (the same for every sweep)."""
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, faithful=cfg.faithful, output_stride=cfg.output_stride,
-                        pretrained=cfg.pretrained or None, norm=cfg.norm)  # fmt: skip
+    model = configured_model(cfg)
     return model.to(device, memory_format=torch.channels_last)
 
 

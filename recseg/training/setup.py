@@ -16,9 +16,10 @@ from torch import nn
 from recseg.data.loader import TemporalLoader, clip_windows, make_loader
 from recseg.data.store import MANIFEST, ClipStore
 from recseg.errors import InputError
+from recseg.machine import pick_device
 from recseg.models.deeplab import RecurrentDeepLab, count_parameters
-from recseg.models.registry import build_model, model_spec, readable_name
-from recseg.training.config import TrainConfig
+from recseg.models.registry import model_spec, readable_name
+from recseg.training.config import TrainConfig, configured_model
 from recseg.training.losses import build_loss
 from recseg.training.optim import build_optimizer, build_scheduler, seed_lr_settings
 from recseg.training.precision import CPU_BF16, amp_mode
@@ -50,17 +51,6 @@ def open_store(data: str) -> ClipStore:
             "`recseg preprocess`"
         )
     return ClipStore(root)
-
-
-def pick_device(name: str | torch.device | None) -> torch.device:
-    """``auto`` (or None): CUDA when available, else the CPU; a CUDA device without CUDA ->
-    ``InputError``."""
-    if name is None or str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -139,13 +129,7 @@ def build_setup(cfg: TrainConfig, warn: Callable[[str], None] = print) -> Setup:
     amp = amp_mode(device, cfg.amp)
     # oneDNN/cuDNN's fast layout in fp32/fp16: ~1.2-1.4x; CPU bf16 GroupNorm is faster without
     layout = torch.contiguous_format if amp == CPU_BF16 else torch.channels_last
-    model = build_model(
-        cfg.model,
-        faithful=cfg.faithful,
-        output_stride=cfg.output_stride,
-        pretrained=cfg.pretrained or None,
-        norm=cfg.norm,
-    ).to(device, memory_format=layout)
+    model = configured_model(cfg).to(device, memory_format=layout)
     lr, lr_min = _learning_rates(cfg)
     sampler = train_loader.sampler
     steps_per_epoch = [len(sampler.plans(e)) for e in range(cfg.epochs)]

@@ -3,7 +3,7 @@
 Every lane streams one clip window after window; the recurrent state of each lane is detached
 between steps (truncated back-propagation through time) and zeroed where the loader marks a new
 clip. The loop asks :class:`StopRequest` and :class:`TimeBudget` at every step boundary; the
-caller (``recseg.training.job``) owns MLflow, checkpoints and exit codes through the hooks.
+caller (``recseg.tracking.train_job``) owns MLflow, checkpoints and exit codes through the hooks.
 """
 
 from __future__ import annotations

@@ -7,21 +7,24 @@ unit starts from scratch. Training then continues with the run's own schedule.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from recseg.errors import InputError
 from recseg.models.deeplab import RecurrentDeepLab
+from recseg.models.loaded import LoadedModel
 
 
-def warm_start(model: RecurrentDeepLab, uri: str) -> str:
+def warm_start(model: RecurrentDeepLab, uri: str, load: Callable[[str], LoadedModel]) -> str:
     """Copy the matching weights of the model at ``uri`` into ``model``; ``"copied/total"``.
 
-    ``InputError`` (one line) when ``uri`` names no recseg model or nothing matches."""
-    from recseg.tracking.model_uri import load_network
-
+    ``load`` reads the model at a URI (the tracked job passes
+    :func:`recseg.tracking.model_uri.load_network`). ``InputError`` (one line) when ``uri``
+    names no recseg model or nothing matches."""
     try:
         with torch.random.fork_rng():  # building the source model must not move the seed
-            source = load_network(uri).model.state_dict()
+            source = load(uri).model.state_dict()
     except InputError as exc:
         raise InputError(f"--init-from: {exc}") from None
     target = model.state_dict()

@@ -17,8 +17,8 @@ from mlflow import MlflowClient
 from recseg.data.footage.video import Mp4Writer
 from recseg.data.store import ClipStore
 from recseg.errors import InputError
-from recseg.evaluation.config import DEFAULT_EXPERIMENT
 from recseg.tracking import tags as T
+from recseg.tracking.evaluate_config import DEFAULT_EXPERIMENT
 from recseg.workflows.plan import Layout, Scale
 from recseg.workflows.steps import Step
 

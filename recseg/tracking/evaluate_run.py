@@ -14,24 +14,24 @@ from mlflow.entities import Run
 
 from recseg.config import as_params
 from recseg.data.store import ClipStore
-from recseg.evaluation.config import DEFAULT_EXPERIMENT, EvaluateConfig
 from recseg.evaluation.frames import PER_CLIP
-from recseg.evaluation.model_eval import (
+from recseg.evaluation.report import summary_table, to_html
+from recseg.machine import pick_device
+from recseg.tracking import evaluate as te
+from recseg.tracking import tags as T
+from recseg.tracking.evaluate_config import DEFAULT_EXPERIMENT, EvaluateConfig
+from recseg.tracking.evaluate_model import (
     ModelEvaluation,
     check_splits,
     evaluate_model,
     split_prefix,
 )
-from recseg.evaluation.report import summary_table, to_html
-from recseg.evaluation.report_run import table_files
-from recseg.tracking import evaluate as te
-from recseg.tracking import tags as T
 from recseg.tracking.model_uri import load_network
 from recseg.tracking.preprocess import store_dataset
+from recseg.tracking.report_run import table_files
 from recseg.tracking.runs import log_files, log_new_params, quiet_mlflow, tracked_run
 from recseg.training.config import parse_param
-from recseg.training.finish import MODEL_LOGGED
-from recseg.training.setup import open_store, pick_device
+from recseg.training.setup import open_store
 
 Echo = Callable[[str], None]
 
@@ -49,14 +49,14 @@ def _targets(cfg: EvaluateConfig, client: MlflowClient, digest: str, echo: Echo)
     if cfg.run_id:
         run = te.training_run(client, cfg.run_id)
         name = client.get_experiment(run.info.experiment_id).name
-        return name, run.info.experiment_id, [Target(run.data.tags[MODEL_LOGGED], run)]
+        return name, run.info.experiment_id, [Target(run.data.tags[T.MODEL_LOGGED], run)]
     if cfg.model_uri:
         return DEFAULT_EXPERIMENT, None, [Target(cfg.model_uri, None)]
     exp_id, runs = te.finished_runs(client, cfg.experiment)
     todo = [r for r in runs if cfg.force or not te.evaluated_on(r, digest)]
     if len(todo) < len(runs):
         echo(f"{len(runs) - len(todo)} run(s) already evaluated on this store (--force redoes)")
-    return cfg.experiment, exp_id, [Target(r.data.tags[MODEL_LOGGED], r) for r in todo]
+    return cfg.experiment, exp_id, [Target(r.data.tags[T.MODEL_LOGGED], r) for r in todo]
 
 
 def _artifacts(result: ModelEvaluation, split: str) -> dict[str, bytes]:

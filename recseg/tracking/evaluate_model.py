@@ -18,14 +18,14 @@ from recseg.data.footage.video import Mp4Writer
 from recseg.data.loader import make_loader
 from recseg.data.store import ClipStore, read_meta
 from recseg.errors import InputError
-from recseg.evaluation.config import EvaluateConfig
 from recseg.evaluation.evaluate import evaluate
 from recseg.evaluation.frames import FrameRecorder, split_metrics, summaries
 from recseg.evaluation.latency import Latency, gflops_per_frame, measure_latency
 from recseg.evaluation.samples import encode_png, prediction_panel
 from recseg.inference.optimize import optimize
 from recseg.models.deeplab import RecurrentDeepLab, count_parameters
-from recseg.tracking.model_uri import LoadedModel
+from recseg.models.loaded import LoadedModel
+from recseg.tracking.evaluate_config import EvaluateConfig
 from recseg.training.losses import build_loss
 
 VIDEO_FPS = 15.0

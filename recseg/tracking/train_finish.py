@@ -9,7 +9,7 @@ import random
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mlflow
 import torch
@@ -19,20 +19,18 @@ from mlflow.exceptions import MlflowException
 from recseg.config import as_params
 from recseg.faults import fail_point
 from recseg.tracking import tags as T
+from recseg.tracking.preprocess import store_dataset
+from recseg.tracking.pyfunc import log_clip_model
 from recseg.tracking.train import TrainRun
+from recseg.tracking.train_hooks import Echo, Job
 from recseg.training import checkpoint as ckpt
 from recseg.training.config import JOB_OPTIONS
-
-if TYPE_CHECKING:
-    from recseg.training.job import Echo, Job
-
-MODEL_LOGGED = "recseg.model_uri"
 
 
 def already_done(run: Run, echo: Echo) -> bool:
     """True (and says so) when the run finished and logged its model already."""
-    if run.info.status == "FINISHED" and run.data.tags.get(MODEL_LOGGED):
-        echo(f"run {run.info.run_id} is already finished: {run.data.tags[MODEL_LOGGED]}")
+    if run.info.status == "FINISHED" and run.data.tags.get(T.MODEL_LOGGED):
+        echo(f"run {run.info.run_id} is already finished: {run.data.tags[T.MODEL_LOGGED]}")
         return True
     return False
 
@@ -74,8 +72,6 @@ def _tags(job: Job) -> dict[str, Any]:
 
 def start_tracking(job: Job, existing: Run | None, state: dict[str, Any] | None) -> None:
     """Start or reopen the run; log what a new run needs and what an interrupted job missed."""
-    from recseg.tracking.preprocess import store_dataset
-
     cfg = job.cfg
     job.attach(TrainRun.start(cfg, existing))
     run = job.run
@@ -134,8 +130,6 @@ def _catch_up(job: Job, state: dict[str, Any]) -> None:
 def finish(job: Job) -> bool:
     """Log the best weights as the run's pyfunc model and end the run FINISHED; False (nothing
     done) when the tracking server stays away for the rest of ``--tracking-timeout``."""
-    from recseg.tracking.pyfunc import log_clip_model
-
     run, uploads = job.run, job.uploads
     assert run is not None and uploads is not None
     uploads.wait()
@@ -152,7 +146,7 @@ def finish(job: Job) -> bool:
     fail_point("log-model")
     summary = f"best {job.cfg.best_metric} {p.best_value} at epoch {p.best_epoch}"
     chosen = f"epoch {p.best_epoch}" if rule == "best" else f"epoch {p.epoch - 1} (last)"
-    tags = {MODEL_LOGGED: info.model_uri, T.STOPPED: "", "best": summary,
+    tags = {T.MODEL_LOGGED: info.model_uri, T.STOPPED: "", "best": summary,
             T.FINAL_WEIGHTS: f"{rule}: {chosen}"}  # fmt: skip
     run.set_tags(tags)
     run.alive(**job.checkpoint_tags())

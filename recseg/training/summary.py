@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from recseg.config import accepts, at_least, one_of, option, parse_size, size_check
+from recseg.config import parse_size
 from recseg.models.deeplab import count_parameters
-from recseg.models.registry import build_model, model_spec, readable_name
+from recseg.models.registry import model_spec, readable_name
 from recseg.models.state import State
-from recseg.training.config import norm_field, pretrained_field
+from recseg.training.config import (
+    batch_size_field,
+    configured_model,
+    faithful_field,
+    loss_field,
+    model_field,
+    norm_field,
+    output_stride_field,
+    pretrained_field,
+    seed_field,
+    seq_len_field,
+    size_field,
+)
 from recseg.training.losses import build_loss
 
 
@@ -19,23 +31,16 @@ from recseg.training.losses import build_loss
 class DescribeConfig:
     """Options of ``recseg describe``."""
 
-    model: str = field(
-        metadata=option("Model name (`recseg models` lists them).", check=accepts(model_spec))
-    )
-    loss: str = field(
-        default="CrossDice",
-        metadata=option("Loss for the backward pass.", check=accepts(build_loss)),
-    )
-    size: str = field(default="270x512", metadata=option("Frame size HxW.", check=size_check))
-    seq_len: int = field(default=4, metadata=option("Frames per clip (T).", check=at_least(1)))
-    batch_size: int = field(default=1, metadata=option("Clips per batch (B).", check=at_least(1)))
-    output_stride: int = field(
-        default=8, metadata=option("Backbone output stride.", check=one_of(8, 16))
-    )
+    model: str = model_field()
+    loss: str = loss_field(default="CrossDice", help="Loss for the backward pass.")
+    size: str = size_field(default="270x512", help="Frame size HxW.")
+    seq_len: int = seq_len_field(help="Frames per clip (T).")
+    batch_size: int = batch_size_field(default=1, help="Clips per batch (B).")
+    output_stride: int = output_stride_field()
     pretrained: str = pretrained_field()
     norm: str = norm_field()
-    faithful: bool = field(default=False, metadata=option("Use the thesis code's model choices."))
-    seed: int = field(default=0, metadata=option("Random seed for weights and the synthetic clip."))
+    faithful: bool = faithful_field()
+    seed: int = seed_field(help="Random seed for weights and the synthetic clip.")
 
 
 def _backward(
@@ -57,13 +62,7 @@ def describe(cfg: DescribeConfig) -> dict:
     """Build ``cfg.model``, run forward/backward on a random clip, check streaming; report."""
     torch.manual_seed(cfg.seed)
     h, w = parse_size(cfg.size)
-    model = build_model(
-        cfg.model,
-        faithful=cfg.faithful,
-        output_stride=cfg.output_stride,
-        pretrained=cfg.pretrained or None,
-        norm=cfg.norm,
-    )
+    model = configured_model(cfg)
     spec = model_spec(cfg.model)
     frames = torch.rand(cfg.batch_size, cfg.seq_len, 3, h, w, requires_grad=True)
     target = (torch.rand(cfg.batch_size, cfg.seq_len, h, w) > 0.5).long()
@@ -104,6 +103,7 @@ def describe(cfg: DescribeConfig) -> dict:
         "loss_value": loss_value,
         "grad_reaches_first_frame": grad_first > 0,
         "stream_max_abs_diff": float((whole - torch.stack(streamed, 1)).abs().max().item()),
+        "logits_max_abs": float(whole.abs().max().item()),
         "train_ms_per_frame": 1000 * train_s / n,
         "infer_ms_per_frame": 1000 * infer_s / n,
         "threads": torch.get_num_threads(),

@@ -1,14 +1,23 @@
 """``EvaluateConfig``: every option of ``recseg evaluate`` and the MLproject ``evaluate`` entry
-point (the click options, MLproject parameters and MLflow params all derive from it)."""
+point (the click options, MLproject parameters and MLflow params all derive from it);
+``recseg.tracking.evaluate_run`` runs the command."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from recseg.config import MODEL_URIS, accepts, at_least, one_of, option, parse_size, size_or_default
+from recseg.config import MODEL_URIS, accepts, at_least, device_field, option, parse_size
 from recseg.errors import InputError
 from recseg.inference import compile_field, precision_field
-from recseg.training.losses import build_loss
+from recseg.training.config import (
+    batch_size_field,
+    data_field,
+    loss_field,
+    num_workers_field,
+    seed_field,
+    seq_len_field,
+    size_field,
+)
 
 SPLITS = ("train", "val", "test")
 DEFAULT_EXPERIMENT = "evaluate"  # where a --model-uri evaluation is logged
@@ -23,19 +32,11 @@ def parse_splits(text: str) -> tuple[str, ...]:
     return names
 
 
-def _loss_or_run(value: str) -> str | None:
-    return None if value == "" else accepts(build_loss)(value)
-
-
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
     """Options of ``recseg evaluate`` (see ``recseg evaluate --help``)."""
 
-    data: str = dataclasses.field(
-        metadata=option(
-            "Clip store written by `recseg preprocess` (its test split).", mltype="path"
-        )
-    )
+    data: str = data_field(help="Clip store written by `recseg preprocess` (its test split).")
     run_id: str = dataclasses.field(
         default="", metadata=option("Evaluate this finished training run's model.")
     )
@@ -58,30 +59,18 @@ class EvaluateConfig:
             check=accepts(parse_splits),
         ),
     )
-    size: str = dataclasses.field(
+    size: str = size_field(
+        help="Evaluate at HxW; default: the size the model was trained at (else the store's)."
+    )
+    loss: str = loss_field(
         default="",
-        metadata=option(
-            "Evaluate at HxW; default: the size the model was trained at (else the store's).",
-            check=size_or_default,
-        ),
+        help="Loss reported as test_loss; default: the run's training loss (CrossDice for a "
+        "bare --model-uri).",
     )
-    loss: str = dataclasses.field(
-        default="",
-        metadata=option(
-            "Loss reported as test_loss; default: the run's training loss (CrossDice for a "
-            "bare --model-uri).",
-            check=_loss_or_run,
-        ),
+    batch_size: int = batch_size_field(
+        help="Clips scored at once (lanes); the metrics do not depend on it."
     )
-    batch_size: int = dataclasses.field(
-        default=4,
-        metadata=option(
-            "Clips scored at once (lanes); the metrics do not depend on it.", check=at_least(1)
-        ),
-    )
-    seq_len: int = dataclasses.field(
-        default=8, metadata=option("Frames per lane per step.", check=at_least(1))
-    )
+    seq_len: int = seq_len_field(default=8, help="Frames per lane per step.")
     latency_frames: int = dataclasses.field(
         default=50,
         metadata=option(
@@ -105,17 +94,9 @@ class EvaluateConfig:
             "With --experiment: also re-evaluate runs already evaluated on this store."
         ),
     )
-    seed: int = dataclasses.field(default=0, metadata=option("Seed (evaluation is deterministic)."))
-    num_workers: int = dataclasses.field(
-        default=2, metadata=option("Loader worker processes.", check=at_least(0))
-    )
-    device: str = dataclasses.field(
-        default="auto",
-        metadata=option(
-            "auto (CUDA when available), cpu or cuda.",
-            check=one_of("auto", "cpu", "cuda"),
-        ),
-    )
+    seed: int = seed_field(help="Seed (evaluation is deterministic).")
+    num_workers: int = num_workers_field(help="Loader worker processes.")
+    device: str = device_field()
     precision: str = precision_field()
     compile: bool = compile_field()
 
