@@ -17,7 +17,7 @@ help:
 	@echo "make demo       install, then demo footage -> clip store -> train 2 models -> evaluate -> promote -> segment"
 	@echo "make thesis     install, then the thesis's comparison (5 variants x 3 seeds, ~90 min on 2 cores) and its report"
 	@echo "make test       install, then lint (ruff) and run the test suite (pytest)"
-	@echo "make bench      install, then every benchmark part (~16 min on 2 cores): benchmarks/results.json + README table"
+	@echo "make bench      install, then every benchmark part (~18 min on 2 cores, install included): benchmarks/results.json + README table"
 	@echo "make bench-quick  install, then every benchmark part in a reduced form (~3 min): benchmarks/results-quick.json"
 	@echo "make lint       ruff check + format check"
 	@echo "make mlproject  regenerate MLproject from the typed configs"
@@ -50,7 +50,7 @@ demo: $(STAMP)
 thesis: $(STAMP)
 	$(BIN)/recseg thesis $(THESIS_ARGS)
 
-# every part (~16 min on 2 cores); a run of every part replaces benchmarks/results.json, then the
+# every part (~18 min on 2 cores, install included); a run of every part replaces benchmarks/results.json, then the
 # README's performance block (between <!-- bench:start --> and <!-- bench:end -->) is rewritten
 # from it (also after --check found a missed target; the exit status is the benchmark's)
 bench: $(STAMP)

@@ -33,8 +33,8 @@ QUICK_OUT = REPO / "benchmarks" / "results-quick.json"  # --quick: never the ful
 # Seconds per part on a 2-core CPU with a cold torch.compile cache (full, quick): the progress
 # lines' estimates when the results file holds no earlier time of the part on this many cores.
 ESTIMATES: dict[str, tuple[float, float]] = {
-    "ceiling": (5, 2), "inference": (310, 5), "training": (50, 25), "loader": (45, 12),
-    "preprocess": (20, 10), "tracking": (105, 45), "accuracy": (10, 10), "learning": (470, 45),
+    "ceiling": (5, 2), "inference": (360, 5), "training": (50, 25), "loader": (45, 12),
+    "preprocess": (20, 10), "tracking": (105, 45), "accuracy": (10, 10), "learning": (400, 45),
 }  # fmt: skip
 
 
