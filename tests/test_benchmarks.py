@@ -12,6 +12,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
+
+from tests.tolerance import CROSS_RUNTIME_DEPTH, rel_tol
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = (
@@ -53,7 +56,11 @@ def test_inference_and_training_parts_write_results(tmp_path: Path) -> None:
     }
     for r in rows:
         assert r["ms"] > 0 and r["effective_gflops"] <= r["gflops"]
-        assert r["max_rel_diff"] < (1e-4 if r["path"] != "bf16" else 0.1)
+        # fp32: another algorithm through a network; bf16: 8 mantissa bits through half of one
+        # (the bf16 masks' quality is the accuracy part's IoU drop, not this)
+        bf16 = r["path"] == "bf16"
+        tol = rel_tol(torch.bfloat16, 32) if bf16 else rel_tol(torch.float32, CROSS_RUNTIME_DEPTH)
+        assert r["max_rel_diff"] < tol
     train = data["parts"]["training"]["results"][0]
     assert train["fps"] > 0 and train["peak_mib"] > 0
     ceiling = data["parts"]["ceiling"]["figures"]

@@ -22,6 +22,12 @@ def logits_atol(logits: torch.Tensor | np.ndarray, depth: int = NETWORK_DEPTH) -
     return float(depth * eps * max(1.0, t.abs().max().item()))
 
 
+def rel_tol(dtype: torch.dtype, depth: int = NETWORK_DEPTH) -> float:
+    """Largest difference relative to a result's scale (max |x|) for two computations of it in
+    ``dtype`` that round differently ``depth`` times (one convolution: a few; a network: 64)."""
+    return depth * torch.finfo(dtype).eps
+
+
 def probs_atol(logits: torch.Tensor | np.ndarray, depth: int = NETWORK_DEPTH) -> float:
     """Tolerance for softmax/sigmoid probabilities: their slope is at most 1/4 of the logits'."""
     return max(logits_atol(logits, depth) / 4, 1e-6)
@@ -30,6 +36,11 @@ def probs_atol(logits: torch.Tensor | np.ndarray, depth: int = NETWORK_DEPTH) ->
 #: A different runtime (ONNX Runtime, a TorchScript graph) may pick other conv algorithms
 #: (Winograd, blocked GEMM with another accumulation order): each step may add many roundings.
 CROSS_RUNTIME_DEPTH = 16 * NETWORK_DEPTH
+
+#: One convolution computed another way (taps left out, another kernel): a few roundings each.
+CONV_DEPTH = 16
+#: Winograd F(4x4, 3x3): its transforms' constants reach 64, which scales the rounding with them.
+WINOGRAD_DEPTH = 8 * CONV_DEPTH
 
 #: ``torch.testing.assert_close``'s default (rtol, atol) per dtype.
 DEFAULTS = {
