@@ -36,8 +36,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # two workers, a test file per worker at a time (module fixtures built once; the Grid Engine
-# tests stay in one process), the longest files first (tests/conftest.py orders them)
-PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
+# tests stay in one process), the longest files first (tests/conftest.py orders them); the
+# 20 slowest tests are listed at the end
+PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder --durations=20
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
