@@ -11,7 +11,7 @@ PIP_FLAGS ?= --progress-bar off --disable-pip-version-check
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install test lint format demo thesis bench bench-quick mlproject lock clean
+.PHONY: help install test lint format demo thesis bench bench-quick scale mlproject lock clean
 
 help:
 	@echo "make demo       install, then demo footage -> clip store -> train 2 models -> evaluate -> promote -> segment"
@@ -19,6 +19,7 @@ help:
 	@echo "make test       install, then lint (ruff) and run the test suite (pytest)"
 	@echo "make bench      install, then every benchmark part (~18 min on 2 cores, install included): benchmarks/results.json + README table"
 	@echo "make bench-quick  install, then every benchmark part in a reduced form (~3 min): benchmarks/results-quick.json"
+	@echo "make scale      install, then the cluster tracking server (PostgreSQL + S3) under 16 concurrent jobs, audited: benchmarks/scale.json"
 	@echo "make lint       ruff check + format check"
 	@echo "make mlproject  regenerate MLproject from the typed configs"
 	@echo "make lock       regenerate constraints.txt from the current .venv"
@@ -61,6 +62,12 @@ bench: $(STAMP)
 # every part in a reduced form (~3 min): a first look, into benchmarks/results-quick.json
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks --quick $(BENCH_ARGS)
+
+# PostgreSQL + an S3 store (moto_server) + mlflow server with basic-auth, 16 concurrent tiny
+# `recseg train` jobs (some stopped or killed and resumed), an audit of everything they logged,
+# the jobs' logging latency and the data-parallel comparison: a table and benchmarks/scale.json
+scale: $(STAMP)
+	$(BIN)/python -m benchmarks.scale $(SCALE_ARGS)
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

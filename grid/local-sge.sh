@@ -5,7 +5,9 @@
 # start   installs gridengine-{master,exec,client} with apt-get when missing (root), names this
 #         host `localhost` for Grid Engine, starts sge_qmaster and sge_execd with a clean
 #         environment, and creates the queue all.q (one slot per core, no load thresholds,
-#         1 s scheduling, a 10 s notify time). Idempotent: a running cluster is reconfigured only.
+#         1 s scheduling, a 10 s notify time) with the parallel environment smp (`qsub -pe smp
+#         N`: N slots on this host, for `recseg train --nproc N`). Idempotent: a running
+#         cluster is reconfigured only.
 # stop    shuts both daemons down (jobs still running are killed; the spool stays).
 # status  says whether the daemons run and lists the queue and the jobs; exit 1 when down.
 #
@@ -116,7 +118,7 @@ min_cpu_interval      00:05:00
 processors            UNDEFINED
 qtype                 BATCH INTERACTIVE
 ckpt_list             NONE
-pe_list               make
+pe_list               make smp
 rerun                 FALSE
 slots                 $SLOTS
 tmpdir                /tmp
@@ -157,9 +159,34 @@ h_vmem                INFINITY
 EOF
 }
 
+configure_pe() {
+  # smp: every slot of a job on one host (data-parallel training's processes share a node)
+  local dir
+  dir=$(mktemp -d)
+  cat >"$dir/smp" <<EOF
+pe_name            smp
+slots              $SLOTS
+user_lists         NONE
+xuser_lists        NONE
+start_proc_args    NONE
+stop_proc_args     NONE
+allocation_rule    \$pe_slots
+control_slaves     FALSE
+job_is_first_task  TRUE
+urgency_slots      min
+accounting_summary FALSE
+qsort_args         NONE
+EOF
+  local how=-Ap out
+  qconf -spl 2>/dev/null | grep -qx smp && how=-Mp
+  out=$(qconf "$how" "$dir/smp" 2>&1) || { rm -rf "$dir"; die "qconf $how smp failed: $out"; }
+  rm -rf "$dir"
+}
+
 configure_queue() {
   local dir
   dir=$(mktemp -d)
+  configure_pe  # before the queue that names it
   write_queue "$dir/all.q"
   if qconf -sql 2>/dev/null | grep -qx all.q; then
     qconf -Mq "$dir/all.q" >/dev/null 2>&1

@@ -4,11 +4,13 @@
 # photos, several saturated green), a C++ compiler (g++) for torch.compile's CPU code
 # (`--compile`, the benchmarks' optimised paths) and a headless browser for the MLflow UI test
 # (tests/test_demo.py: chromium, driven by Playwright, never a downloaded browser; with
-# fonts-liberation so pages render text). Installed when running as root with apt-get;
-# otherwise footage uses scikit-image's bundled photos and generated textures only, compiled
-# paths run uncompiled and the browser test is skipped. Never fails.
+# fonts-liberation so pages render text) and PostgreSQL (postgresql: the cluster tracking
+# server, grid/tracking-server.sh, and its tests, skipped without it). Installed when running
+# as root with apt-get; otherwise footage uses scikit-image's bundled photos and generated
+# textures only, compiled paths run uncompiled and the browser and PostgreSQL tests are
+# skipped. Never fails.
 set -uo pipefail
-pkgs=(lomiri-wallpapers-16.04 mate-backgrounds g++ chromium fonts-liberation)
+pkgs=(lomiri-wallpapers-16.04 mate-backgrounds g++ chromium fonts-liberation postgresql)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,7 +28,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     done
   fi
 else
-  echo "recseg: note: optional packages (photos, compiler, browser):" \
+  echo "recseg: note: optional packages (photos, compiler, browser, PostgreSQL):" \
     "sudo apt-get install ${missing[*]}"
 fi
 exit 0

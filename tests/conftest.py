@@ -51,7 +51,8 @@ def pytest_configure(config: pytest.Config) -> None:
 # first so that the two workers finish together instead of one waiting on a long last file.
 LONGEST_FIRST = (
     "test_grid_sge.py", "test_demo.py", "test_kill_storm.py", "test_benchmarks.py",
-    "test_models.py", "test_train_run.py", "test_outage.py", "test_evaluate.py",
+    "test_models.py", "test_train_run.py", "test_cluster.py", "test_outage.py",
+    "test_distributed.py", "test_evaluate.py",
 )  # fmt: skip
 
 

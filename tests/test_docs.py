@@ -24,9 +24,11 @@ Checked in README.md and in every docs/*.md (fast, no network):
     recursively; ``--help``/``--version`` too) — strict, no allowlist;
   - ``python -m benchmarks``: the options of its argparse parser
     (``benchmarks.__main__.parse_args``); ``python -m benchmarks.report``: the flags its source
-    spells out;
+    spells out; ``python -m benchmarks.scale`` and ``grid/tracking-server.sh``: the options
+    of their argparse parsers (``ARGPARSE``);
   - ``make``: none, except in ``DEMO_ARGS=``/``THESIS_ARGS=`` (``recseg demo``/``recseg
-    thesis``), ``BENCH_ARGS=`` (``python -m benchmarks``) and ``PYTEST_ARGS=`` (pytest);
+    thesis``), ``BENCH_ARGS=`` (``python -m benchmarks``), ``SCALE_ARGS=`` (``python -m
+    benchmarks.scale``) and ``PYTEST_ARGS=`` (pytest);
   - other tools: the small explicit allowlists in ``EXTERNAL`` (those of ``mlflow run``,
     ``mlflow ui`` and ``mlflow server`` are checked against MLflow's own click options).
 
@@ -43,6 +45,7 @@ A failure names the file, the line and the bad link, path or flag.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import re
 import unicodedata
@@ -85,11 +88,15 @@ EXTERNAL: dict[str, frozenset[str]] = {
     "pip": frozenset(),
     "git": frozenset(),
     "ruff": frozenset({"--fix", "--check"}),
+    "torchrun": frozenset({"--nproc-per-node"}),
 }
+# commands whose flags come from an argparse ``parse_args`` of a module: command -> module
+ARGPARSE = {"tracking-server.sh": "recseg.tracking.cluster", "benchmarks.scale": "benchmarks.scale"}
 MAKE_VARIABLES = {
     "DEMO_ARGS": "recseg demo",
     "THESIS_ARGS": "recseg thesis",
     "BENCH_ARGS": "benchmarks",
+    "SCALE_ARGS": "benchmarks.scale",
     "PYTEST_ARGS": "pytest",
 }
 
@@ -143,6 +150,16 @@ def benchmark_options() -> frozenset[str]:
 
 
 @cache
+def argparse_options(module: str) -> frozenset[str]:
+    """The options of a module's argparse ``parse_args``, read from its help."""
+    parse_args = importlib.import_module(module).parse_args
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        parse_args(["--help"])
+    return frozenset(FLAG.findall(out.getvalue()))
+
+
+@cache
 def report_options() -> frozenset[str]:
     """The options of ``python -m benchmarks.report``: the flags its source spells out."""
     source = (ROOT / "benchmarks" / "report.py").read_text()
@@ -156,6 +173,8 @@ def known_flags(tool: str) -> frozenset[str]:
         return benchmark_options()
     if tool == "benchmarks.report":
         return report_options()
+    if tool in ARGPARSE:
+        return argparse_options(ARGPARSE[tool])
     return EXTERNAL[tool]
 
 
@@ -333,9 +352,9 @@ def command_word(words: list[str], i: int) -> tuple[str, int] | None:
         return f"mlflow {nxt}", 2
     if re.fullmatch(r"python[0-9.]*", word) and nxt == "-m" and i + 2 < len(words):
         module = words[i + 2]
-        if module in ("benchmarks", "benchmarks.report", "pytest"):
+        if module in ("benchmarks", "benchmarks.report", "benchmarks.scale", "pytest"):
             return module, 3
-    if word in EXTERNAL:
+    if word in EXTERNAL or word in ARGPARSE:
         return word, 1
     return None
 

@@ -124,6 +124,26 @@ def test_soft_limit_spans_jobs_of_one_run_and_evaluation_waits(
     assert "test_fg_iou" in client.get_run(run_id).data.metrics
 
 
+def test_data_parallel_job_on_two_slots(
+    grid_engine, small_store: Path, tmp_path: Path, mlflow_server: str
+) -> None:
+    """NPROC=2 on the two slots of `-pe smp 2`: one run, tracked by rank 0, FINISHED. (Stop and
+    resume of a two-process run: tests/test_distributed.py.)"""
+    variables = job_env(mlflow_server, DATA=str(small_store), EXPERIMENT="grid-ddp",
+                        **{**TRAIN, "EPOCHS": "2", "NPROC": "2"})  # fmt: skip
+    job = sge.qsub("train.sge", variables, "-N", "t-ddp", "-pe", "smp", "2", cwd=tmp_path)
+    sge.wait_until_gone({"t-ddp"}, timeout=600)
+    (record,) = sge.accounting("t-ddp", job, expected=1)
+    log = sge.log_of(tmp_path, "t-ddp", job)
+    assert record.exit_status == 0 and "finished run" in log, log
+    assert log.count("epoch 2/2") == 1, log  # rank 0 alone reports
+    client, run = only_run(mlflow_server, "grid-ddp")
+    assert run.info.status == "FINISHED" and run.data.tags["processes"] == "2"
+    for key in ("train_loss", "val_fg_iou"):
+        assert epochs_logged(client, run.info.run_id, key) == [0, 1], key
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [run.info.run_id]
+
+
 def test_sweep_submits_each_configuration_once(
     grid_engine, small_store: Path, store: Path, tmp_path: Path, mlflow_server: str
 ) -> None:

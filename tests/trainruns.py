@@ -18,7 +18,7 @@ EPOCHS = 3
 ARGS = ("--model", "Deep_mobile_gruV1", "--loss", "CrossDice", "--epochs", str(EPOCHS),
         "--batch-size", "2", "--seq-len", "3", "--num-workers", "0",
         "--no-system-metrics")  # fmt: skip
-TIMING = ("epoch_seconds", "overhead_seconds")
+TIMING = ("epoch_seconds", "overhead_seconds", "log_latency_ms")
 
 
 def train_cmd(store: Path, experiment: str | None, *extra: str) -> list[str]:

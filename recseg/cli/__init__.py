@@ -112,6 +112,27 @@ def run(command: click.Command, argv: list[str] | None = None, prog_name: str = 
     sys.exit(result if isinstance(result, int) else 0)
 
 
+# commands that never touch MLflow: a tracking database is not checked for them
+UNTRACKED = frozenset({"models", "describe", "footage"})
+
+
+def check_tracking_database(argv: list[str]) -> None:
+    """One line and exit 2 when ``MLFLOW_TRACKING_URI`` is a database (``postgresql://...``)
+    that does not take a connection: MLflow itself would retry for minutes, then fail with a
+    traceback. Nothing is checked for ``--help``, ``--version`` or an untracked command."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not argv or argv[0] in UNTRACKED or {"-h", "--help", "--version"} & set(argv):
+        return
+    from recseg.tracking.store_checks import check_database, is_database_uri
+
+    if is_database_uri(uri):
+        try:
+            check_database(uri)
+        except InputError as exc:
+            _fail(f"MLFLOW_TRACKING_URI: {exc}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point of ``recseg``."""
+    check_tracking_database(sys.argv[1:] if argv is None else argv)
     run(cli, argv)

@@ -195,7 +195,12 @@ class TemporalLoader:
     Iterating yields the current epoch from the saved ``step`` on, then advances ``epoch`` and
     resets ``step`` (see the module doc). ``len()`` is the number of steps of the current
     epoch. ``state_dict()`` / ``load_state_dict()`` save and restore the position; ``step``
-    counts batches already handed to the caller. One iteration at a time."""
+    counts batches already handed to the caller. One iteration at a time.
+
+    ``shard=(rank, world)``: data-parallel training; each step's plan stays the global one
+    (``len()``, ``epoch``, ``step`` and ``state_dict()`` are those of the unsharded loader, on
+    every rank), and this loader reads only the rank's ``batch_size / world`` consecutive
+    lanes of it."""
 
     def __init__(
         self,
@@ -211,8 +216,16 @@ class TemporalLoader:
         pin_memory: bool | None = None,
         size: tuple[int, int] | None = None,
         piece: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ):
         _check_positive("--batch-size", batch_size)
+        rank, world = (int(v) for v in shard)
+        if not 0 <= rank < world or batch_size % world:
+            raise InputError(
+                f"--batch-size {batch_size} is not a multiple of --nproc {world}: each "
+                "process trains an equal share of the lanes"
+            )
+        self.shard = (rank, world)
         _check_positive("--seq-len", seq_len)
         if size is not None and not _is_size(size):
             raise InputError(f"size must be two positive integers (height, width), got {size!r}")
@@ -307,8 +320,16 @@ class TemporalLoader:
             generator=torch.Generator().manual_seed(0),  # keeps torch's global RNG untouched
         )
 
+    @property
+    def lanes(self) -> slice:
+        """The lanes of each step this loader reads (all but in data-parallel training)."""
+        rank, world = self.shard
+        n = self.batch_size // world
+        return slice(rank * n, (rank + 1) * n)
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        remaining = self.sampler.plans(self.epoch)[self.step :]
+        mine = self.lanes
+        remaining = [plan[mine] for plan in self.sampler.plans(self.epoch)[self.step :]]
         if remaining:
             pin = self.pin_memory and torch.cuda.is_available()
             for batch in self._dataloader(remaining):

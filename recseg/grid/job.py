@@ -101,6 +101,7 @@ def _stoppable() -> Iterator[None]:
 def _train_job(values: dict[str, Any], environ: Mapping[str, str], echo: Echo) -> int:
     from recseg.config import build
     from recseg.training.config import TrainConfig
+    from recseg.training.launch import launch, needs_launch
     from recseg.training.stopping import StopRequest
 
     cfg = build(TrainConfig, values)
@@ -108,13 +109,18 @@ def _train_job(values: dict[str, Any], environ: Mapping[str, str], echo: Echo) -
     sge = SgeJob.current(environ)
     if sge is not None:
         echo(f"grid job {sge.job_id}: restart {sge.restarts} of at most {limit}")
-    with StopRequest() as stop:  # before the slow imports: an early signal is kept
-        from recseg.tracking.train_job import train_run
+    if needs_launch(cfg, environ):  # NPROC > 1: data-parallel worker processes
+        launched = launch(cfg)
+        code, run_id, signum = launched.code, launched.run_id, launched.signal
+    else:
+        with StopRequest() as stop:  # before the slow imports: an early signal is kept
+            from recseg.tracking.train_job import train_run
 
-        outcome = train_run(cfg, echo=echo, stop=stop)
-    if outcome.code != EXIT_REQUEUE or sge is None:
-        return outcome.code  # outside Grid Engine, 99 goes to whoever requeues
-    return _requeue(sge, outcome.run_id, stop.signal, limit, echo)
+            outcome = train_run(cfg, echo=echo, stop=stop)
+        code, run_id, signum = outcome.code, outcome.run_id, stop.signal
+    if code != EXIT_REQUEUE or sge is None or not run_id:
+        return code  # outside Grid Engine, 99 goes to whoever requeues
+    return _requeue(sge, run_id, signum, limit, echo)
 
 
 def _requeue(sge: SgeJob, run_id: str, signum: int | None, limit: int, echo: Echo) -> int:

@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 
 from recseg.errors import InputError
 from recseg.tracking import tags as T
+from recseg.tracking.store_checks import check_artifact_location
 
 
 def quiet_mlflow() -> None:
@@ -31,12 +32,19 @@ def quiet_mlflow() -> None:
 
 def use_experiment(name: str, client: MlflowClient | None = None) -> str:
     """Make ``name`` the active experiment (created when missing) and return its id; a new
-    experiment is marked for the UI's model-training view (``mlflow.experimentKind``)."""
+    experiment is marked for the UI's model-training view (``mlflow.experimentKind``). Its
+    artifact store must take a write (``InputError`` otherwise): a run is about to start."""
     experiment = mlflow.set_experiment(name)
+    check_artifact_location(
+        experiment.artifact_location, refused=lambda exc: refused_message(exc) is not None
+    )
     if T.EXPERIMENT_KIND not in experiment.tags:
-        (client or MlflowClient()).set_experiment_tag(
-            experiment.experiment_id, T.EXPERIMENT_KIND, T.ML_EXPERIMENT
-        )
+        client = client or MlflowClient()
+        try:
+            client.set_experiment_tag(experiment.experiment_id, T.EXPERIMENT_KIND, T.ML_EXPERIMENT)
+        except MlflowException:  # jobs starting together: another one set it first
+            if T.EXPERIMENT_KIND not in client.get_experiment(experiment.experiment_id).tags:
+                raise
     return experiment.experiment_id
 
 

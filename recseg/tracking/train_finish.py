@@ -67,6 +67,7 @@ def _tags(job: Job) -> dict[str, Any]:
         "store_previous": spec.store_previous,
         "loss": job.cfg.loss,
         "device": str(job.setup.device),
+        "processes": job.trainer.dist.world_size,  # data-parallel processes of this job
     }
 
 

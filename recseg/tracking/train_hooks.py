@@ -89,18 +89,22 @@ class Job:
         return {T.CHECKPOINT_EPOCH: p.epoch, T.CHECKPOINT_STEP: p.step}
 
     def on_epoch_end(self, record: EpochRecord) -> None:
-        """Log the epoch's metrics and pictures, then checkpoint locally (a job killed between
-        the two redoes the epoch and skips what was logged), then upload the checkpoints in
-        the background (the next epoch does not wait for the network)."""
+        """Log the epoch's metrics (``log_latency_ms``: how long that call took) and pictures,
+        then checkpoint locally (a job killed between the two redoes the epoch and skips what
+        was logged), then upload the checkpoints in the background (the next epoch does not
+        wait for the network)."""
         start = time.perf_counter()
         run, uploads = self.run, self.uploads
         assert run is not None and uploads is not None
         uploads.wait()  # the files it reads are about to be replaced
+        sent = time.perf_counter()
         run.log_metrics(record.metrics, step=record.epoch)
+        latency_ms = (time.perf_counter() - sent) * 1000  # what logging costs the job
         self.log_pictures(record)
         fail_point("log-metrics")
         overhead = time.perf_counter() - start
-        run.log_metrics({"overhead_seconds": overhead}, step=record.epoch)
+        timing = {"overhead_seconds": overhead, "log_latency_ms": latency_ms}
+        run.log_metrics(timing, step=record.epoch)
         paths = [self.save_latest()]
         if record.improved:
             paths.append(self.save_best(record))

@@ -1,6 +1,10 @@
 """One training job (``recseg train``): set up, continue the MLflow run from its latest
 checkpoint, train, and end with 0 (the run is FINISHED) or 99 (stopped on request after a
-checkpoint: requeue me)."""
+checkpoint: requeue me).
+
+In data-parallel training (``recseg.training.distributed``) rank 0 does all of that; it hands
+the other processes the config and the checkpoint to start from (:class:`Handoff`), they train
+their lanes without ever talking to MLflow, and end with rank 0's exit code."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from recseg.errors import EXIT_OK, EXIT_REQUEUE, InputError
+from recseg.machine import pick_device
 from recseg.models.norms import LEGACY_NORM
 from recseg.tracking import HTTP_DEFAULTS
 from recseg.tracking import tags as T
@@ -27,6 +32,8 @@ from recseg.tracking.train_finish import already_done, finish, start_tracking
 from recseg.tracking.train_hooks import Echo, Job
 from recseg.training import checkpoint as ckpt
 from recseg.training.config import TrainConfig
+from recseg.training.distributed import Dist, Handoff
+from recseg.training.launch import JOB_START, write_outcome
 from recseg.training.setup import Setup, build_setup
 from recseg.training.stopping import StopRequest, TimeBudget
 from recseg.training.trainer import Trainer
@@ -119,7 +126,7 @@ def legacy_norm(cfg: TrainConfig, run: Run, state: dict[str, Any] | None) -> Tra
     return dataclasses.replace(cfg, norm=LEGACY_NORM)
 
 
-def _make_trainer(cfg: TrainConfig, setup: Setup, stop: StopRequest) -> Trainer:
+def _make_trainer(cfg: TrainConfig, setup: Setup, stop: StopRequest, dist: Dist) -> Trainer:
     return Trainer(
         setup.model,
         setup.loss_fn,
@@ -134,16 +141,18 @@ def _make_trainer(cfg: TrainConfig, setup: Setup, stop: StopRequest) -> Trainer:
         amp=cfg.amp,
         stop=stop,
         budget=TimeBudget(cfg.time_limit, start=_process_start()),
-        progress_bars=os.isatty(2),
+        progress_bars=os.isatty(2) and dist.is_leader,
+        dist=dist,
     )
 
 
 def _process_start() -> float:
-    """``time.monotonic()`` at which this process started (the job's clock)."""
+    """``time.monotonic()`` at which this process (or the launcher that started it, which
+    says when in ``RECSEG_JOB_START``) started: the job's clock."""
     import psutil
 
-    age = time.time() - psutil.Process().create_time()
-    return time.monotonic() - max(0.0, age)
+    started = float(os.environ.get(JOB_START) or psutil.Process().create_time())
+    return time.monotonic() - max(0.0, time.time() - started)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,34 +172,70 @@ def train_run(cfg: TrainConfig, echo: Echo = print, stop: StopRequest | None = N
     """Run (or continue) a training run; see :class:`Outcome`.
 
     ``stop`` is an installed :class:`StopRequest` (the command installs one before the heavy
-    imports, so a signal that comes early is not lost); by default one is made here."""
+    imports, so a signal that comes early is not lost); by default one is made here. Started
+    as one of several processes (``recseg.training.distributed``), this process trains its
+    share of the lanes; rank 0 alone tracks the run."""
     for name, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    warn = lambda m: echo(f"warning: {m}")  # noqa: E731
-    existing = _find_run(cfg, warn)
-    if existing is not None and already_done(existing, echo):
-        return Outcome(EXIT_OK, existing.info.run_id)
-    state = None
-    if existing is not None:
-        tag = int(existing.data.tags.get(T.CHECKPOINT_STEP, -1))
-        state = _newest_checkpoint(cfg, existing.info.run_id, tag, warn)
-        cfg = legacy_norm(cfg, existing, state)
-    setup = build_setup(cfg, warn=warn)
-    if state is None and cfg.init_from:  # a resumed run's weights come from its checkpoint
-        setup.resolved["init_tensors"] = warm_start(setup.model, cfg.init_from, load_network)
     own = stop is None
     stop = stop or StopRequest()
-    trainer = _make_trainer(cfg, setup, stop)
-    if state is not None:  # before the run is touched: a mismatch is the user's to fix
-        trainer.load_state_dict(state)
-    job = Job(cfg, setup, trainer, echo)
     if own:
         stop.install()
+    dist = Dist.from_env(pick_device(cfg.device))
     try:
-        return Outcome(_run(job, existing, state), job.run_id)
+        if not dist.is_leader:
+            return _follow(cfg, stop, dist)
+        outcome = _lead(cfg, echo, stop, dist)
+        write_outcome(outcome.code, outcome.run_id)
+        return outcome
     finally:
+        dist.close()
         if own:
             stop.restore()
+
+
+def _lead(cfg: TrainConfig, echo: Echo, stop: StopRequest, dist: Dist) -> Outcome:
+    """Rank 0 (or the only process): find the run, train it and track everything."""
+    warn = lambda m: echo(f"warning: {m}")  # noqa: E731
+    with Handoff(dist) as handoff:
+        existing = _find_run(cfg, warn)
+        if existing is not None and already_done(existing, echo):
+            handoff.send(Outcome(EXIT_OK, existing.info.run_id))
+            return Outcome(EXIT_OK, existing.info.run_id)
+        state = None
+        if existing is not None:
+            tag = int(existing.data.tags.get(T.CHECKPOINT_STEP, -1))
+            state = _newest_checkpoint(cfg, existing.info.run_id, tag, warn)
+            cfg = legacy_norm(cfg, existing, state)
+        setup = build_setup(cfg, warn=warn, device=dist.device, shard=dist.shard)
+        if state is None and cfg.init_from:  # a resumed run's weights come from its checkpoint
+            setup.resolved["init_tensors"] = warm_start(setup.model, cfg.init_from, load_network)
+        trainer = _make_trainer(cfg, setup, stop, dist)
+        if state is not None:  # before the run is touched: a mismatch is the user's to fix
+            trainer.load_state_dict(state)
+        job = Job(cfg, setup, trainer, echo)
+        code = _run(job, existing, state, handoff)
+    outcome = Outcome(code, job.run_id)
+    dist.broadcast_object(outcome)  # the others end with the same code
+    return outcome
+
+
+def _follow(cfg: TrainConfig, stop: StopRequest, dist: Dist) -> Outcome:
+    """Another process than rank 0: train this process's lanes from where rank 0 says, with
+    no MLflow; end with rank 0's outcome (``LeaderFailed`` when it failed before training)."""
+    start = Handoff.receive(dist)
+    if isinstance(start, Outcome):  # finished already: nothing to do
+        return start
+    cfg, state = start
+    quiet = lambda m: None  # noqa: E731  (rank 0 says everything once)
+    setup = build_setup(cfg, warn=quiet, device=dist.device, shard=dist.shard)
+    trainer = _make_trainer(cfg, setup, stop, dist)
+    if state is not None:
+        trainer.load_state_dict(state)
+        ckpt.set_rng_state(state["rng"])
+    dist.own_random_stream(cfg.seed, trainer.progress.step)
+    trainer.fit(lambda record: None, quiet)
+    return dist.broadcast_object(None)
 
 
 def _find_run(cfg: TrainConfig, warn: Echo) -> Run | None:
@@ -210,12 +255,13 @@ def _find_run(cfg: TrainConfig, warn: Echo) -> Run | None:
     return None
 
 
-def _run(job: Job, existing: Run | None, state: dict[str, Any] | None) -> int:
+def _run(job: Job, existing: Run | None, state: dict[str, Any] | None, handoff: Handoff) -> int:
     """Track, train and finish; a crash ends the run FAILED (KILLED for Ctrl-C), not FINISHED
-    as MLflow's exit handler would."""
+    as MLflow's exit handler would. The other processes start once the run is tracked."""
     try:
         start_tracking(job, existing, state)
         job.clean_temp_files()
+        handoff.send((job.cfg, state))
         if state is not None:
             ckpt.set_rng_state(state["rng"])
         if not job.trainer.fit(job.on_epoch_end, job.on_stop):

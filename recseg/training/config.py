@@ -55,6 +55,7 @@ JOB_OPTIONS = (
     "time_limit",
     "tracking_timeout",
     "num_workers",
+    "nproc",
     "experiment",
     "checkpoint_dir",
     "device",
@@ -310,6 +311,14 @@ class TrainConfig:
         ),
     )
     num_workers: int = num_workers_field()
+    nproc: int = dataclasses.field(
+        default=1,
+        metadata=option(
+            "Processes for data-parallel training on this node (gloo on the CPU, nccl on "
+            "CUDA: one GPU each); --batch-size is the global batch, split across them.",
+            check=at_least(1),
+        ),
+    )
     device: str = device_field(purpose="Where to train")
     checkpoint_dir: str = dataclasses.field(
         default="checkpoints",

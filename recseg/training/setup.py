@@ -59,9 +59,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _lanes(cfg: TrainConfig, store: ClipStore, warn: Callable[[str], None]) -> int:
+def _lanes(
+    cfg: TrainConfig, store: ClipStore, warn: Callable[[str], None], processes: int = 1
+) -> int:
     usable = sum(1 for r in store.clips("train") if clip_windows(r.frames, cfg.seq_len, True))
     if 0 < usable < cfg.batch_size:
+        if usable % processes:
+            raise InputError(
+                f"the train split has {usable} clips of at least --seq-len {cfg.seq_len} "
+                f"frames, fewer than --batch-size {cfg.batch_size}, and {usable} lanes cannot "
+                f"be split across --nproc {processes} processes"
+            )
         warn(
             f"the train split has {usable} clips of at least --seq-len {cfg.seq_len} frames; "
             f"training with {usable} lanes instead of --batch-size {cfg.batch_size}"
@@ -90,7 +98,7 @@ def _warn_fixed_composites(
 
 
 def _loaders(
-    cfg: TrainConfig, store: ClipStore, lanes: int
+    cfg: TrainConfig, store: ClipStore, lanes: int, shard: tuple[int, int] = (0, 1)
 ) -> tuple[TemporalLoader, TemporalLoader]:
     if 0 < cfg.piece_frames < cfg.seq_len:
         raise InputError(
@@ -104,7 +112,7 @@ def _loaders(
         "size": cfg.frame_size,
     }
     train = make_loader(store, "train", batch_size=lanes, train=True, augment=cfg.augment,
-                        piece=cfg.piece_frames, **common)  # fmt: skip
+                        piece=cfg.piece_frames, shard=shard, **common)  # fmt: skip
     val = make_loader(store, "val", batch_size=lanes, train=False, **common)
     return train, val
 
@@ -118,12 +126,21 @@ def _learning_rates(cfg: TrainConfig) -> tuple[float, float]:
     return lr, lr_min
 
 
-def build_setup(cfg: TrainConfig, warn: Callable[[str], None] = print) -> Setup:
-    """Open the store and build loaders, model, loss, optimiser and schedule (seeded)."""
+def build_setup(
+    cfg: TrainConfig,
+    warn: Callable[[str], None] = print,
+    *,
+    device: torch.device | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> Setup:
+    """Open the store and build loaders, model, loss, optimiser and schedule (seeded).
+
+    ``device``: where to train (default: ``--device``); ``shard=(rank, world)``: the train
+    loader of that process of a data-parallel job (the val loader reads everything)."""
     store = open_store(cfg.data)
-    device = pick_device(cfg.device)
-    lanes = _lanes(cfg, store, warn)
-    train_loader, val_loader = _loaders(cfg, store, lanes)
+    device = device or pick_device(cfg.device)
+    lanes = _lanes(cfg, store, warn, shard[1])
+    train_loader, val_loader = _loaders(cfg, store, lanes, shard)
     _warn_fixed_composites(cfg, store, train_loader, warn)
     seed_everything(cfg.seed)
     amp = amp_mode(device, cfg.amp)

@@ -4,6 +4,13 @@ Every lane streams one clip window after window; the recurrent state of each lan
 between steps (truncated back-propagation through time) and zeroed where the loader marks a new
 clip. The loop asks :class:`StopRequest` and :class:`TimeBudget` at every step boundary; the
 caller (``recseg.tracking.train_job``) owns MLflow, checkpoints and exit codes through the hooks.
+
+Data-parallel (``dist`` of several processes, ``recseg.training.distributed``): each process
+trains its share of the lanes through ``DistributedDataParallel`` (gradients averaged), the
+step's loss and confusion counts are summed over the processes, and every stop decision is
+agreed, so all stop at the same step. Rank 0 alone evaluates (the other processes wait for it
+in the next collective) and then hands its ``Progress`` to the others; before each hook the
+lanes' state is gathered, so :meth:`Trainer.state_dict` is what one process would save.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from recseg.evaluation.metrics import metrics_from_confusion
 from recseg.faults import fail_point
 from recseg.models.state import State, detach_state
 from recseg.training.config import LOWER_IS_BETTER
+from recseg.training.distributed import Dist
 from recseg.training.precision import CUDA_FP16, amp_mode, train_autocast
 from recseg.training.stopping import StopRequest, TimeBudget
 
@@ -87,6 +95,7 @@ class Trainer:
         stop: StopRequest,
         budget: TimeBudget,
         progress_bars: bool = False,
+        dist: Dist | None = None,
     ) -> None:
         self.model, self.loss_fn = model, loss_fn
         self.optimizer, self.scheduler = optimizer, scheduler
@@ -99,7 +108,10 @@ class Trainer:
         self.steps_taken = 0  # optimizer steps this process took
         self.bars = progress_bars
         self.progress = Progress()
-        self.lanes: State | None = None
+        self.lanes: State | None = None  # this process's lanes
+        self.dist = dist or Dist(device=device)
+        self.full_lanes: State | None = None  # every process's lanes, as of the last hook
+        self.ddp: nn.Module | None = None  # the model wrapped for data-parallel steps
 
     # ---- checkpoint state -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -110,7 +122,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "progress": self.progress.to_dict(),
             "loader": self.train_loader.state_dict(),
-            "lanes": self.lanes,
+            "lanes": self.full_lanes if self.dist.distributed else self.lanes,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -122,7 +134,9 @@ class Trainer:
         self.progress = Progress.from_dict(state["progress"])
         self.train_loader.load_state_dict(state["loader"])
         lanes = state.get("lanes")
-        self.lanes = {k: v.to(self.device) for k, v in lanes.items()} if lanes else None
+        self.full_lanes = lanes or None
+        mine = self.dist.my_lanes(lanes) if lanes else None
+        self.lanes = {k: v.to(self.device) for k, v in mine.items()} if mine else None
 
     @property
     def finished(self) -> bool:
@@ -137,25 +151,40 @@ class Trainer:
         self, on_epoch_end: Callable[[EpochRecord], None], on_stop: Callable[[str], None]
     ) -> bool:
         """Train until the last epoch (True) or a stop request (False, after ``on_stop``)."""
-        p = self.progress
+        self._wrap()
+        agree = self.dist.agree
         while not self.finished:
-            if self.stop.due(self.steps_taken):  # came during the last evaluation or logging
-                on_stop(self.stop.reason or "stop requested")
-                return False
-            if self.steps_taken and not self.budget.epoch_fits(p.last_epoch_seconds):
-                on_stop("time limit")
-                return False
+            if agree(self.stop.due(self.steps_taken)):  # came during evaluation or logging
+                return self._stopped(on_stop, self.stop.reason or "stop requested")
+            last = self.progress.last_epoch_seconds
+            if agree(bool(self.steps_taken) and not self.budget.epoch_fits(last)):
+                return self._stopped(on_stop, "time limit")
             done = self._train_epoch()
             if not done:
-                on_stop(self.stop.reason or "time limit")
-                return False
-            on_epoch_end(self._end_epoch())
+                return self._stopped(on_stop, self.stop.reason or "time limit")
+            record = self._end_epoch()
+            self.full_lanes = self.dist.gather_lanes(self.lanes)
+            on_epoch_end(record)
         return True
 
+    def _stopped(self, on_stop: Callable[[str], None], reason: str) -> bool:
+        self.full_lanes = self.dist.gather_lanes(self.lanes)
+        on_stop(reason)
+        return False
+
+    def _wrap(self) -> None:
+        """Wrap the model for data-parallel steps (once; its constructor gives every process
+        rank 0's weights and buffers)."""
+        if not self.dist.distributed or self.ddp is not None:
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+
     def _should_stop(self) -> bool:
-        if self.stop.due(self.steps_taken):
-            return True
-        return self.steps_taken > 0 and not self.budget.step_fits()
+        due = self.stop.due(self.steps_taken)
+        return self.dist.agree(due or (self.steps_taken > 0 and not self.budget.step_fits()))
 
     def _train_epoch(self) -> bool:
         """Steps to the end of the current epoch; True when the epoch finished."""
@@ -194,7 +223,7 @@ class Trainer:
         labels = batch["labels"].to(self.device, non_blocking=True)
         reset = batch["reset"].to(self.device)
         with train_autocast(self.device, self.amp_mode):
-            logits, state = self.model(frames, self.lanes, reset)
+            logits, state = (self.ddp or self.model)(frames, self.lanes, reset)
             loss = self.loss_fn(logits.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -206,13 +235,29 @@ class Trainer:
             pred = logits.argmax(2)
             ok = labels < 2
             counts = torch.bincount((labels[ok] * 2 + pred[ok]).flatten(), minlength=4).cpu()
+            # the step's loss (the mean over the processes) and confusion counts (the sum)
+            stats = torch.cat([loss.detach().double().reshape(1).cpu(), counts.double()])
+        stats = self.dist.sum(stats)
         for i in range(4):
-            p.confusion[i // 2][i % 2] += int(counts[i])
-        p.loss_sum += float(loss.detach())
+            p.confusion[i // 2][i % 2] += int(stats[i + 1])
+        p.loss_sum += float(stats[0]) / self.dist.world_size
         p.steps += 1
         p.step += 1
 
     def _end_epoch(self) -> EpochRecord:
+        """The epoch's record (rank 0 computes it, evaluating; the other processes take it and
+        rank 0's progress)."""
+        if not self.dist.distributed:
+            return self._epoch_record()
+        record = self._epoch_record() if self.dist.is_leader else None
+        sent = None if record is None else dataclasses.replace(record, samples=None)
+        record_sent, progress = self.dist.broadcast_object((sent, self.progress.to_dict()))
+        if not self.dist.is_leader:
+            record, self.progress = record_sent, Progress.from_dict(progress)
+        assert record is not None
+        return record
+
+    def _epoch_record(self) -> EpochRecord:
         p = self.progress
         train = metrics_from_confusion(torch.tensor(p.confusion))
         metrics = {
