@@ -104,7 +104,12 @@ def wait_until_gone(names: set[str], timeout: float) -> None:
             return
         assert not any("E" in state for _, _, state in jobs), jobs
         time.sleep(1)
-    raise AssertionError(f"jobs still there after {timeout} s: {queued(names)}")
+    jobs = queued(names)
+    why = [subprocess.run(["qstat", "-j", job], capture_output=True, text=True, timeout=60).stdout
+           for job, _, state in jobs if "w" in state]  # fmt: skip
+    every = subprocess.run(["qstat", "-f", "-u", "*"], capture_output=True, text=True, timeout=60)
+    raise AssertionError(f"jobs still there after {timeout} s: {jobs}\n{''.join(why)}\n"
+                         f"{every.stdout}")  # fmt: skip
 
 
 @dataclass(frozen=True)
