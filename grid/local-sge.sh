@@ -17,7 +17,7 @@ set -euo pipefail
 
 export SGE_ROOT=${SGE_ROOT:-/var/lib/gridengine}
 export SGE_CELL=${SGE_CELL:-default}
-SLOTS=${RECSEG_SGE_SLOTS:-$(nproc)}
+SLOTS=${RECSEG_SGE_SLOTS:-$(OMP_NUM_THREADS= OMP_THREAD_LIMIT= nproc)}  # the cores (nproc alone obeys OMP_NUM_THREADS)
 NOTIFY=${RECSEG_SGE_NOTIFY:-00:00:10}
 PACKAGES=(gridengine-master gridengine-exec gridengine-client)
 COMMON=$SGE_ROOT/$SGE_CELL/common
