@@ -68,9 +68,9 @@ def worker(store: Path, out: Path) -> None:
 
 def train(store: Path, out: Path, processes: int) -> float:
     """Run ``processes`` workers to the end; their wall seconds."""
-    from recseg.training.launch import _free_port, _worker_env
+    from recseg.training.launch import _worker_env, free_port
 
-    start, port = time.perf_counter(), _free_port()
+    start, port = time.perf_counter(), free_port()
     cmd = [sys.executable, "-m", "benchmarks.ddp", str(store), str(out)]
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}

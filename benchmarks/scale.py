@@ -30,6 +30,7 @@ import numpy as np
 from benchmarks.audit import Audit, Bucket, audit_runs
 from benchmarks.common import REPO
 from recseg.tracking import HTTP_DEFAULTS
+from recseg.training.launch import free_port
 
 EXPERIMENT = "scale"
 DDP_BOUND = 1e-4  # the largest weight difference of 2 processes against 1
@@ -152,14 +153,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=None, help="scratch (default: temp)")
     parser.add_argument("--no-ddp", action="store_true", help="skip the DDP comparison")
     return parser.parse_args(argv)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclasses.dataclass

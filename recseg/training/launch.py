@@ -89,7 +89,8 @@ def worker_args(cfg: TrainConfig) -> list[str]:
     return args
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for the rendezvous, servers of a benchmark)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -146,7 +147,7 @@ def launch(cfg: TrainConfig) -> Launched:
     previous = {sig: signal.signal(sig, record) for sig in FORWARDED}
     try:
         with tempfile.TemporaryDirectory(prefix="recseg-launch-") as tmp:
-            outcome, port = Path(tmp) / "outcome.json", _free_port()
+            outcome, port = Path(tmp) / "outcome.json", free_port()
             workers = [
                 subprocess.Popen(command, env=_worker_env(rank, cfg.nproc, port, outcome),
                                  process_group=0, preexec_fn=_prepare_worker)
